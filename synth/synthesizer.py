@@ -1,0 +1,58 @@
+"""The Synthesizer seam: CTVolume at spacing d in, CTVolume at spacing d/factor out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from synth.config import SynthConfig
+from synth.volume import CTVolume
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as progress(done, total) while a volume is synthesized."""
+
+
+@dataclass(frozen=True, slots=True)
+class SynthIdentity:
+    """What made a derived volume; recorded in every derived series' provenance.
+
+    `is_model` is True only for a learned model: an interpolation is never labelled as the model.
+    """
+
+    backend: str                 # "interpolation" | "cthnet"
+    name: str                    # human-readable, e.g. "B-spline interpolation (BIS baseline)"
+    version: str                 # software version of the backend
+    weights_sha256: str = ""     # empty when the backend has no weights
+    is_model: bool = False
+
+    @property
+    def key(self) -> str:
+        """A stable string that changes whenever the output could change (used to derive UIDs)."""
+        return f"{self.backend}|{self.version}|{self.weights_sha256}"
+
+
+class Synthesizer(Protocol):
+    identity: SynthIdentity
+    factor: int
+
+    def __call__(self, volume: CTVolume, progress: ProgressCallback | None = None) -> CTVolume: ...
+
+
+def output_slices(n_input: int, factor: int) -> int:
+    """Thin slices spanning exactly the first to the last thick position."""
+    if n_input < 2:
+        raise ValueError(f"synthesis needs at least 2 input slices, got {n_input}")
+    return factor * (n_input - 1) + 1
+
+
+def build_synthesizer(cfg: SynthConfig) -> Synthesizer:
+    if cfg.backend == "interpolation":
+        from synth.interpolate import InterpolationSynthesizer
+
+        return InterpolationSynthesizer(factor=cfg.factor)
+    if cfg.backend == "cthnet":
+        from synth.engine import CTHNetSynthesizer  # torch is imported only when asked for
+
+        return CTHNetSynthesizer.from_config(cfg)
+    raise ValueError(f"synth.backend must be 'interpolation' or 'cthnet', got {cfg.backend!r}")
