@@ -249,7 +249,7 @@ def make_ct_series(
         frame = frames[1] if two_frames_of_reference and k >= index else frames[0]
         sop = uid("sop", slot)
         datasets.append(
-            _dataset(
+            ct_dataset(
                 sop_uid=sop,
                 study_uid=study,
                 series_uid=series,
@@ -276,7 +276,7 @@ def make_ct_series(
     return datasets
 
 
-def _dataset(
+def ct_dataset(
     *,
     sop_uid: str,
     study_uid: str,
@@ -300,6 +300,7 @@ def _dataset(
     slope: float,
     intercept: float,
 ) -> Dataset:
+    """One complete single-frame CT Image Storage instance; ``stored`` holds the raw stored values."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
