@@ -1,0 +1,171 @@
+"""dicom-node: run | check-config | echo | list | retry. The only place that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from dicom_node.config import DEFAULT_CONFIG, NodeConfig, load_config, to_dict
+from dicom_node.errors import ConfigError
+from dicom_node.logcontext import SeriesFilter
+
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def _setup_logging(level: str, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SeriesFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s [%(series)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> NodeConfig:
+    path = Path(args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    cfg = load_config(path)
+    if getattr(args, "port", None) is not None:
+        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, port=args.port))
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dicom_node.app import Node, run_until_signalled
+
+    cfg = _load(args)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    run_until_signalled(Node(cfg), stop)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(f"# {cfg.source}: valid")
+    print(json.dumps(to_dict(cfg), indent=2))
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from dicom_node.config import DestinationSection
+    from dicom_node.send import echo
+
+    cfg = _load(args)
+    if args.host:
+        targets = [DestinationSection("cli", args.aec, args.host, args.remote_port)]
+    else:
+        targets = [d for d in cfg.destinations if args.destination in (None, d.name)]
+        if not targets:
+            print(f"no destination named {args.destination!r} in {cfg.source}" if args.destination
+                  else f"no [[destinations]] in {cfg.source}", file=sys.stderr)
+            return EXIT_FAILURE
+    failures = 0
+    for dest in targets:
+        started = time.monotonic()
+        status = echo(dest, cfg.node.ae_title, timeout_s=args.timeout)
+        took_ms = (time.monotonic() - started) * 1000
+        if status == 0:
+            print(f"{dest.name}: {dest.ae_title}@{dest.host}:{dest.port} C-ECHO success ({took_ms:.0f} ms)")
+        else:
+            failures += 1
+            what = "no association" if status is None else f"status 0x{status:04X}"
+            print(f"{dest.name}: {dest.ae_title}@{dest.host}:{dest.port} C-ECHO failed ({what})")
+    return EXIT_FAILURE if failures else 0
+
+
+def _open_ledger(cfg: NodeConfig):  # type: ignore[no-untyped-def]
+    from dicom_node.ledger import Ledger, open_engine
+
+    return Ledger(open_engine(cfg.storage_dir / "state.db"))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    ledger = _open_ledger(_load(args))
+    rows = ledger.summaries(limit=args.limit)
+    if args.state:
+        rows = [r for r in rows if r.state == args.state]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    print(f"{'series':<64} {'state':<12} {'inst':>5} {'out':>5}  reason / sends")
+    for r in rows:
+        sends = ", ".join(f"{d}={s}({a})" for d, s, a, _ in r.sends)
+        print(f"{r.series_uid:<64} {r.state:<12} {r.instance_count:>5} {r.derived_count:>5}  "
+              f"{r.reason or sends}")
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    ledger = _open_ledger(cfg)
+    try:
+        print(f"{args.series_uid}: {ledger.retry(args.series_uid, time.time())}")
+    except (KeyError, ValueError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description="Thick-to-thin CT DICOM node")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--debug", action="store_true", help="also log pynetdicom's DIMSE detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help=f"TOML config (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+        return p
+
+    run = with_config(sub.add_parser("run", help="receive, synthesize and send until SIGTERM"))
+    run.add_argument("--port", type=int, help="override node.port")
+    run.set_defaults(func=_cmd_run)
+    check = with_config(sub.add_parser("check-config", help="validate and print the resolved config"))
+    check.set_defaults(func=_cmd_check_config)
+    echo = with_config(sub.add_parser("echo", help="C-ECHO the configured destinations (or one host)"))
+    echo.add_argument("--destination", help="only this destination name")
+    echo.add_argument("--host", help="echo this host instead of the configured destinations")
+    echo.add_argument("--remote-port", type=int, default=104)
+    echo.add_argument("--aec", default="ANY-SCP", help="called AE title with --host")
+    echo.add_argument("--timeout", type=float, default=10.0)
+    echo.set_defaults(func=_cmd_echo)
+    lst = with_config(sub.add_parser("list", help="series in the ledger with state, reason and sends"))
+    lst.add_argument("--state", help="only series in this state")
+    lst.add_argument("--limit", type=int, default=200)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_cmd_list)
+    retry = with_config(sub.add_parser("retry", help="re-queue a failed or rejected series"))
+    retry.add_argument("series_uid")
+    retry.set_defaults(func=_cmd_retry)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.debug)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return result

@@ -1,0 +1,260 @@
+"""One typed config object from one TOML file; unknown keys and wrong types are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dicom_node.errors import ConfigError
+from synth.config import SynthConfig
+
+_AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
+_UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
+
+
+def _check_ae(where: str, value: str) -> None:
+    if not _AE_RE.match(value):
+        raise ValueError(f"{where} must be 1-16 printable ASCII characters without backslash, got {value!r}")
+
+
+def _check_port(where: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{where} must be a TCP port 0-65535, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    ae_title: str = "SYNTHNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    storage_dir: str = "var"
+    uid_root: str = ""               # empty: UUID-derived UIDs under 2.25
+    max_pdu: int = 0                 # 0 = unlimited
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    allow_any_caller: bool = False   # required for a non-loopback listener without an allow-list
+    allowed_callers: list[str] = field(default_factory=list)   # calling AE titles; empty = any
+    disk_watermark: float = 0.95     # refuse stores (0xA700) above this fraction of the disk in use
+
+    def __post_init__(self) -> None:
+        _check_ae("node.ae_title", self.ae_title)
+        _check_port("node.port", self.port)
+        if not self.storage_dir:
+            raise ValueError("node.storage_dir must not be empty")
+        if self.uid_root and (not _UID_ROOT_RE.match(self.uid_root) or len(self.uid_root) > 24):
+            raise ValueError(f"node.uid_root must be a dotted numeric UID root of at most 24 characters, "
+                             f"got {self.uid_root!r}")
+        if self.dimse_timeout_s <= 0 or self.network_timeout_s <= 0:
+            raise ValueError("node.dimse_timeout_s and node.network_timeout_s must be positive")
+        if not 0 < self.disk_watermark <= 1:
+            raise ValueError(f"node.disk_watermark must be in (0, 1], got {self.disk_watermark}")
+        for ae in self.allowed_callers:
+            _check_ae("node.allowed_callers entry", ae)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSection:
+    quiet_period_s: float = 10.0
+    min_spacing_mm: float = 4.0
+    max_spacing_mm: float = 6.0
+    spacing_tolerance: float = 0.05   # relative deviation of one gap from the median gap
+    max_tilt_deg: float = 0.5         # angle between the slice normal and the stacking direction
+    min_slices: int = 2
+    max_slices: int = 2000
+    series_number_offset: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.quiet_period_s <= 0:
+            raise ValueError(f"series.quiet_period_s must be positive, got {self.quiet_period_s}")
+        if not 0 < self.min_spacing_mm <= self.max_spacing_mm:
+            raise ValueError("series.min_spacing_mm must be positive and not above series.max_spacing_mm, "
+                             f"got {self.min_spacing_mm} and {self.max_spacing_mm}")
+        if not 0 < self.spacing_tolerance < 0.5:
+            raise ValueError(f"series.spacing_tolerance must be in (0, 0.5), got {self.spacing_tolerance}")
+        if not 0 <= self.max_tilt_deg < 45:
+            raise ValueError(f"series.max_tilt_deg must be in [0, 45), got {self.max_tilt_deg}")
+        if not 2 <= self.min_slices <= self.max_slices:
+            raise ValueError(f"series.min_slices must be at least 2 and not above series.max_slices, "
+                             f"got {self.min_slices} and {self.max_slices}")
+        if not 0 <= self.series_number_offset < 100000:
+            raise ValueError(f"series.series_number_offset must be in [0, 100000), got "
+                             f"{self.series_number_offset}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendSection:
+    retry_initial_s: float = 30.0
+    retry_max_s: float = 600.0
+    max_attempts: int = 10
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_initial_s <= self.retry_max_s:
+            raise ValueError("send.retry_initial_s must be positive and not above send.retry_max_s, "
+                             f"got {self.retry_initial_s} and {self.retry_max_s}")
+        if self.max_attempts < 1:
+            raise ValueError(f"send.max_attempts must be at least 1, got {self.max_attempts}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"send.timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationSection:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
+            raise ValueError(f"destination name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
+        _check_ae(f"destinations.{self.name}.ae_title", self.ae_title)
+        _check_port(f"destinations.{self.name}.port", self.port)
+        if not self.host:
+            raise ValueError(f"destinations.{self.name}.host must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderDestinationSection:
+    name: str
+    path: str
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
+            raise ValueError(f"destination name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
+        if not self.path:
+            raise ValueError(f"folder_destinations.{self.name}.path must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    series: SeriesSection = field(default_factory=SeriesSection)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    send: SendSection = field(default_factory=SendSection)
+    destinations: tuple[DestinationSection, ...] = ()
+    folder_destinations: tuple[FolderDestinationSection, ...] = ()
+    source: str = ""                  # the file it came from, for messages
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.node.storage_dir)
+
+    def destination_names(self) -> list[str]:
+        return [d.name for d in self.destinations] + [f.name for f in self.folder_destinations]
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown := sorted(raw.keys() - names):
+        raise ConfigError(f"{where}: unknown option(s) {unknown}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = hints[key]
+        origin = typing.get_origin(expected)
+        if expected is float and type(value) is int:
+            value = float(value)
+        elif origin is list:
+            (item_type,) = typing.get_args(expected)
+            if not isinstance(value, list) or not all(type(v) is item_type for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of {item_type.__name__}, got {value!r}")
+        elif type(value) is not expected:
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:   # a missing required key
+        raise ConfigError(f"{where}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _resolve(base: Path, path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
+    """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
+    known = {"node", "series", "synth", "send", "destinations", "folder_destinations"}
+    if unknown := sorted(raw.keys() - known):
+        raise ConfigError(f"{source}: unknown section(s) {unknown}")
+    base = base_dir or Path.cwd()
+    node = _section(NodeSection, raw.get("node", {}), f"{source}: node")
+    node = dataclasses.replace(node, storage_dir=_resolve(base, node.storage_dir))
+    synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
+    if isinstance(synth_raw, dict) and synth_raw.get("weights"):
+        synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
+    dests_raw = raw.get("destinations", [])
+    folders_raw = raw.get("folder_destinations", [])
+    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]])")
+    dests = tuple(_section(DestinationSection, d, f"{source}: destinations[{i}]") for i, d in enumerate(dests_raw))
+    folders = tuple(
+        dataclasses.replace(f, path=_resolve(base, f.path))
+        for f in (
+            _section(FolderDestinationSection, d, f"{source}: folder_destinations[{i}]")
+            for i, d in enumerate(folders_raw)
+        )
+    )
+    names = [d.name for d in dests] + [f.name for f in folders]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
+    cfg = NodeConfig(
+        node=node,
+        series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
+        synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
+        destinations=dests,
+        folder_destinations=folders,
+        source=source,
+    )
+    if not node.is_loopback and not node.allowed_callers and not node.allow_any_caller:
+        raise ConfigError(
+            f"{source}: node.host {node.host!r} listens beyond loopback with an empty node.allowed_callers; "
+            "list the calling AE titles, or set node.allow_any_caller = true explicitly"
+        )
+    return cfg
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a TOML config file; relative paths in it are relative to the working directory."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_config(raw, source=str(path), base_dir=Path.cwd())
+
+
+def to_dict(cfg: NodeConfig) -> dict[str, Any]:
+    """The resolved config as plain data, for `check-config`."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source")
+    return out

@@ -1,0 +1,116 @@
+"""Deliver a derived series: C-STORE to a DICOM destination, or copy into a folder.
+
+Every C-STORE response status is checked (pynetdicom's own storescu does not); a report says how
+many instances were taken and what the last failure was, so the ledger can retry with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from dicom_node.config import DestinationSection, FolderDestinationSection
+from dicom_node.netutil import VERIFICATION, set_nodelay
+from dicom_node.spool import atomic_write
+
+logger = logging.getLogger(__name__)
+
+# C-STORE statuses that count as stored (PS3.4 B.2.3: warnings B000, B007, B006).
+STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    destination: str
+    total: int
+    sent: int
+    status: str            # "ok", or the last failure, e.g. "0xA700", "association-rejected"
+    error: str             # human-readable detail of the last failure ("" when ok)
+    failed_sop_uids: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.sent == self.total and not self.failed_sop_uids
+
+
+def _scu_ae(calling_ae: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    return ae
+
+
+def echo(dest: DestinationSection, calling_ae: str, timeout_s: float = 10.0) -> int | None:
+    """C-ECHO a destination; returns the status, or None when no association could be made."""
+    ae = _scu_ae(calling_ae, timeout_s)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+
+
+def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, timeout_s: float) -> SendReport:
+    """C-STORE `files` to `dest` over one association; check every response."""
+    ae = _scu_ae(calling_ae, timeout_s)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    if not assoc.is_established:
+        what = "association-rejected" if assoc.is_rejected else "association-failed"
+        return SendReport(dest.name, len(files), 0, what,
+                          f"could not associate with {dest.ae_title}@{dest.host}:{dest.port} ({what})")
+    sent, failed, last_status, last_error = 0, [], "ok", ""
+    try:
+        for path in files:
+            ds = pydicom.dcmread(path)
+            sop_uid = str(ds.SOPInstanceUID)
+            if not assoc.is_established:
+                failed.append(sop_uid)
+                last_status, last_error = "association-lost", "the association ended before all were sent"
+                continue
+            response = assoc.send_c_store(ds)
+            code = int(response.Status) if "Status" in response else None
+            if code in STORED_STATUSES:
+                sent += 1
+                if code != 0:
+                    logger.warning("%s stored %s with warning status 0x%04X", dest.name, sop_uid, code)
+            else:
+                failed.append(sop_uid)
+                last_status = f"0x{code:04X}" if code is not None else "no-response"
+                last_error = f"C-STORE of {sop_uid} answered {last_status}"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return SendReport(dest.name, len(files), sent, last_status, last_error, tuple(failed))
+
+
+def send_folder(files: list[Path], dest: FolderDestinationSection, series_uid: str) -> SendReport:
+    """Copy the derived files into `<path>/<series_uid>/`, each file atomically."""
+    target = Path(dest.path) / series_uid
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            atomic_write(target / path.name, path.read_bytes())
+    except OSError as exc:
+        return SendReport(dest.name, len(files), 0, "write-failed", f"{target}: {exc.strerror}")
+    return SendReport(dest.name, len(files), len(files), "ok", "")
+
+
+def remove_derived(directory: Path) -> None:
+    """Delete a derived series' working copy once every destination has it."""
+    if directory.is_dir():
+        shutil.rmtree(directory, ignore_errors=True)
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)

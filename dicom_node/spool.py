@@ -1,0 +1,86 @@
+"""The spool: received bytes on disk, written atomically, one folder per series.
+
+incoming/<series_uid>/<sop_uid>.dcm     received instances (exact bytes received, with file meta)
+rejected/<series_uid>/                  a series we cannot process, with a `reason` file
+derived/<derived_series_uid>/           the derived series we wrote, until sent everywhere
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: Path
+    size: int
+    digest: str          # sha256 of the stored bytes
+
+
+def atomic_write(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
+    """Write `data` to `path` so that a reader sees either nothing or all of it."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Spool:
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.rejected = root / "rejected"
+        self.derived = root / "derived"
+        self._fsync = fsync
+        for d in (self.incoming, self.rejected, self.derived):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def put(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes | memoryview) -> StoredInstance:
+        """Store one instance's bytes (UIDs must already be checked with `uids.checked_uid`)."""
+        folder = self.incoming / series_uid
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{sop_uid}.dcm"
+        atomic_write(path, data, fsync=self._fsync)
+        return StoredInstance(study_uid, series_uid, sop_uid, path, len(data), hashlib.sha256(data).hexdigest())
+
+    def instance_files(self, series_uid: str) -> list[Path]:
+        """Every file held for a series: newly received ones win over older rejected copies."""
+        files: dict[str, Path] = {}
+        for folder in (self.rejected / series_uid, self.incoming / series_uid):
+            if folder.is_dir():
+                files.update((p.name, p) for p in folder.glob("*.dcm"))
+        return [files[name] for name in sorted(files)]
+
+    def reject(self, series_uid: str, reason: str, detail: str) -> Path:
+        """Move a series to rejected/ and write its reason beside the instances; nothing is deleted."""
+        target = self.rejected / series_uid
+        target.mkdir(exist_ok=True)
+        source = self.incoming / series_uid
+        if source.is_dir():
+            for f in source.glob("*.dcm"):
+                os.replace(f, target / f.name)
+            shutil.rmtree(source, ignore_errors=True)
+        atomic_write(target / "reason", f"{reason}\n{detail}\n".encode(), fsync=self._fsync)
+        return target
+
+    def derived_dir(self, derived_series_uid: str) -> Path:
+        return self.derived / derived_series_uid
+
+    def remove_source(self, series_uid: str) -> None:
+        for folder in (self.incoming / series_uid, self.rejected / series_uid):
+            shutil.rmtree(folder, ignore_errors=True)

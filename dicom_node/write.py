@@ -1,0 +1,245 @@
+"""CTVolume + SourceSeries → a derived CT Image Storage series on disk, one file per thin slice.
+
+Geometry follows the source exactly (orientation, pixel spacing, matrix, frame of reference); UIDs are
+deterministic (source series UID + synthesizer identity), so processing again gives the same UIDs.
+Provenance (software, backend, weights checksum) is in every instance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+
+import dicom_node
+from dicom_node.assemble import SourceSeries
+from dicom_node.provenance import DERIVATION_PREFIX, MANUFACTURER, MODEL_NAME
+from dicom_node.spool import atomic_write
+from dicom_node.uids import derived_uid
+from synth.synthesizer import SynthIdentity
+from synth.volume import CTVolume
+
+logger = logging.getLogger(__name__)
+
+# Copied from the source when present: patient, study and acquisition context. Nothing is invented.
+COPIED = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientIdentityRemoved",
+    "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "StudyID", "AccessionNumber", "StudyDescription", "BodyPartExamined", "PatientPosition",
+    "FrameOfReferenceUID", "PositionReferenceIndicator", "AcquisitionNumber", "AcquisitionDate",
+    "AcquisitionTime", "KVP", "ConvolutionKernel", "ReconstructionDiameter", "ContrastBolusAgent",
+    "ContrastBolusRoute", "LossyImageCompression", "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+)
+TYPE2_DEFAULTS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator",
+    "AcquisitionNumber", "KVP",
+)
+HU_MIN, HU_MAX = -32768, 32767
+MANIFEST = "manifest.txt"     # SOP Instance UIDs in slice order, so a sender needs no sorting
+
+
+def derived_files(directory: Path) -> list[Path]:
+    """The files of a derived series in slice order (from its manifest)."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return []
+    return [directory / f"{uid}.dcm" for uid in manifest.read_text().split()]
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedSeries:
+    series_uid: str
+    directory: Path
+    sop_uids: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.sop_uids)
+
+    def files(self) -> list[Path]:
+        return [self.directory / f"{uid}.dcm" for uid in self.sop_uids]
+
+
+def derived_series_uid(source_series_uid: str, identity: SynthIdentity, uid_root: str) -> str:
+    return derived_uid(uid_root, "series", source_series_uid, identity.key)
+
+
+def _code_item(code: object) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value  # type: ignore[attr-defined]
+    item.CodingSchemeDesignator = code.scheme_designator  # type: ignore[attr-defined]
+    item.CodeMeaning = code.meaning  # type: ignore[attr-defined]
+    return item
+
+
+def describe(identity: SynthIdentity, source_spacing_mm: float, factor: int) -> str:
+    thin = source_spacing_mm / factor
+    what = f"{identity.name}, {identity.backend} {identity.version}"
+    if identity.weights_sha256:
+        what += f", weights sha256 {identity.weights_sha256}"
+    return f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices"
+
+
+def series_description(identity: SynthIdentity, thin_mm: float, source_description: str) -> str:
+    label = f"SYNTH {thin_mm:.1f}mm {identity.name.split()[0]}" if identity.is_model else \
+        f"INTERP {thin_mm:.1f}mm not AI"
+    return f"{label} {source_description}".strip()[:64]
+
+
+def _equipment(identity: SynthIdentity, description: str, when: datetime.datetime) -> Dataset:
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = MODEL_NAME
+    versions = [f"dicom-node {dicom_node.__version__}", f"{identity.backend} {identity.version}"[:64]]
+    if identity.weights_sha256:
+        versions.append(identity.weights_sha256[:64])
+    item.SoftwareVersions = versions
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = description[:1024]
+    item.PurposeOfReferenceCodeSequence = Sequence([_code_item(codes.DCM.SynthesizingEquipment)])
+    return item
+
+
+def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, series_uid: str,
+                  volume: CTVolume, when: datetime.datetime, series_number_offset: int) -> Dataset:
+    src = source.header
+    ds = Dataset()
+    for keyword in COPIED:
+        if keyword in src:
+            ds[keyword] = src[keyword]
+    for keyword in TYPE2_DEFAULTS:
+        if keyword not in ds:
+            setattr(ds, keyword, "" if keyword != "AcquisitionNumber" else None)
+    thin_mm = source.spacing_mm / factor
+    description = describe(identity, source.spacing_mm, factor)
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = source.frame_of_reference_uid
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    src_number = src.get("SeriesNumber")
+    ds.SeriesNumber = (int(src_number) if src_number not in (None, "") else 0) + series_number_offset
+    ds.SeriesDescription = series_description(identity, thin_mm, str(src.get("SeriesDescription", "")))
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = MODEL_NAME
+    ds.SoftwareVersions = f"dicom-node {dicom_node.__version__}"
+    ds.DerivationDescription = description[:1024]
+    ds.DerivationCodeSequence = Sequence([_code_item(codes.DCM.SpatialResampling)])
+    ds.ContributingEquipmentSequence = Sequence([_equipment(identity, description, when)])
+    ds.ImageComments = (
+        f"AI-synthesized {thin_mm:.2f} mm slices ({identity.name}); not acquired data"
+        if identity.is_model else
+        f"Interpolated {thin_mm:.2f} mm slices ({identity.name}); not AI, not acquired data"
+    )[:10240]
+    ds.BurnedInAnnotation = "NO"
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in source.orientation]
+    ds.PixelSpacing = [f"{v:.6g}" for v in source.pixel_spacing_mm]
+    ds.SliceThickness = f"{thin_mm:.6g}"
+    ds.SpacingBetweenSlices = f"{thin_mm:.6g}"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+    return ds
+
+
+def _references(source: SourceSeries, indices: list[int]) -> tuple[Sequence, Sequence]:
+    images, instances = [], []
+    for i in indices:
+        img = Dataset()
+        img.ReferencedSOPClassUID = source.sop_class_uids[i]
+        img.ReferencedSOPInstanceUID = source.sop_uids[i]
+        img.PurposeOfReferenceCodeSequence = Sequence(
+            [_code_item(codes.DCM.SourceImageForImageProcessingOperation)])
+        images.append(img)
+        inst = Dataset()
+        inst.ReferencedSOPClassUID = source.sop_class_uids[i]
+        inst.ReferencedSOPInstanceUID = source.sop_uids[i]
+        instances.append(inst)
+    series = Dataset()
+    series.SeriesInstanceUID = source.series_uid
+    series.ReferencedInstanceSequence = Sequence(instances)
+    return Sequence(images), Sequence([series])
+
+
+def write_derived_series(volume: CTVolume, source: SourceSeries, identity: SynthIdentity, factor: int,
+                         out_root: Path, uid_root: str = "", series_number_offset: int = 1000,
+                         now: datetime.datetime | None = None) -> DerivedSeries:
+    """Write one file per thin slice into `out_root/<derived series uid>/`, replacing a previous copy."""
+    n_thick = len(source.sop_uids)
+    n_thin = volume.shape[0]
+    if n_thin != factor * (n_thick - 1) + 1:
+        raise ValueError(f"volume has {n_thin} slices; {factor}x{n_thick - 1}+1 expected for {n_thick} sources")
+    when = now or datetime.datetime.now()
+    series_uid = derived_series_uid(source.series_uid, identity, uid_root)
+    base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset)
+    step_mm = source.spacing_mm / factor
+    first = np.array(source.first_position_mm)
+    normal = np.array(source.normal)
+    pixels = np.clip(np.rint(volume.hu), HU_MIN, HU_MAX).astype("<i2")
+
+    tmp = out_root / f".tmp-{series_uid}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sop_uids = []
+    for k in range(n_thin):
+        sop_uid = derived_uid(uid_root, "instance", series_uid, str(k))
+        position = first + k * step_mm * normal
+        ds = base.copy()
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = (n_thin - k) if source.numbered_descending else (k + 1)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.SliceLocation = f"{float(position @ normal):.4f}"
+        t = k / factor
+        below, above = int(np.floor(t)), int(np.ceil(t))
+        ds.SourceImageSequence, ds.ReferencedSeriesSequence = _references(source, sorted({below, above}))
+        ds.PixelData = pixels[k].tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        atomic_write(tmp / f"{sop_uid}.dcm", buffer.getbuffer(), fsync=False)
+        sop_uids.append(sop_uid)
+    atomic_write(tmp / MANIFEST, "\n".join(sop_uids).encode() + b"\n", fsync=False)
+    _fsync_dir_files(tmp)
+    final = out_root / series_uid
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return DerivedSeries(series_uid, final, tuple(sop_uids))
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    """Make the whole derived series durable before the ledger says it exists."""
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
