@@ -182,8 +182,8 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
         hu[k] = pixels.astype(np.float32) * slope + intercept
 
     numbers = [ds.get("InstanceNumber") for ds in datasets]
-    descending = (None not in numbers and len(numbers) > 1
-                  and int(numbers[0]) > int(numbers[-1]))
+    # Numbered from the far end only when InstanceNumber falls strictly along the normal.
+    descending = None not in numbers and all(int(a) > int(b) for a, b in zip(numbers, numbers[1:], strict=False))
     header = datasets[0].copy()
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 
 from pydicom.uid import generate_uid
 
@@ -36,5 +38,9 @@ def derived_uid(root: str, *parts: str) -> str:
 
     Under `2.25.` (UUID-derived, PS3.5 B.2) when `root` is empty, else under the configured root.
     """
-    prefix = f"{root}." if root else None
-    return str(generate_uid(prefix=prefix, entropy_srcs=["dicom-synth-node", *parts]))
+    sources = ["dicom-synth-node", *parts]
+    if root:
+        return str(generate_uid(prefix=f"{root}.", entropy_srcs=sources))
+    # pydicom ignores entropy sources without a prefix, so derive the 2.25 UUID ourselves (name-based).
+    digest = hashlib.sha256("\x00".join(sources).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"

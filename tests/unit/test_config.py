@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from dicom_node.config import DEFAULT_CONFIG, load_config, parse_config
+from dicom_node.errors import ConfigError
+
+
+def test_embedded_default_needs_no_server_and_listens_on_loopback() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.node.host == "127.0.0.1" and cfg.node.port == 11112
+    assert cfg.destinations == ()
+    assert [f.name for f in cfg.folder_destinations] == ["outbox"]
+    assert cfg.synth.backend == "interpolation"
+    assert cfg.series.quiet_period_s == 10.0
+
+
+def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
+    cfg = parse_config({"node": {"storage_dir": "var"}, "folder_destinations": [{"name": "o", "path": "out"}]},
+                       base_dir=tmp_path)
+    assert cfg.node.storage_dir == str(tmp_path / "var")
+    assert cfg.folder_destinations[0].path == str(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"node": {"colour": "red"}}, r"cfg.toml: node: unknown option\(s\) \['colour'\]"),
+        ({"nodes": {}}, r"unknown section\(s\) \['nodes'\]"),
+        ({"node": {"port": "11112"}}, r"node.port: expected int, got '11112'"),
+        ({"node": {"port": 70000}}, r"node.port must be a TCP port"),
+        ({"node": {"ae_title": "A" * 17}}, r"node.ae_title must be 1-16"),
+        ({"series": {"quiet_period_s": 0}}, r"series.quiet_period_s must be positive"),
+        ({"series": {"min_spacing_mm": 7.0}}, r"min_spacing_mm must be positive and not above"),
+        ({"synth": {"backend": "magic"}}, r"synth.backend must be one of"),
+        ({"synth": {"backend": "cthnet"}}, r"synth.weights must name a weights file"),
+        ({"destinations": {"name": "x"}}, r"destinations must be an array of tables"),
+        ({"destinations": [{"name": "p", "ae_title": "P", "host": "h"}]}, r"destinations\[0\].*port"),
+        ({"destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 1}],
+          "folder_destinations": [{"name": "p", "path": "x"}]}, r"destination names must be unique.*\['p'\]"),
+        ({"node": {"host": "0.0.0.0"}}, r"listens beyond loopback with an empty node.allowed_callers"),
+        ({"node": {"allowed_callers": ["OK", 3]}}, r"node.allowed_callers: expected a list of str"),
+    ],
+)
+def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, source="cfg.toml")
+
+
+def test_non_loopback_listener_allowed_with_allow_list_or_explicit_any() -> None:
+    assert parse_config({"node": {"host": "0.0.0.0", "allowed_callers": ["PACS"]}}).node.host == "0.0.0.0"
+    assert parse_config({"node": {"host": "0.0.0.0", "allow_any_caller": True}}).node.allow_any_caller
+
+
+def test_integer_accepted_where_float_expected() -> None:
+    assert parse_config({"series": {"quiet_period_s": 3}}).series.quiet_period_s == 3.0
+
+
+def test_check_config_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(DEFAULT_CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert '"ae_title": "SYNTHNODE"' in out and '"backend": "interpolation"' in out
+
+
+def test_check_config_exits_2_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[series]\nquiet_period_s = "soon"\n')
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "series.quiet_period_s" in err
+
+
+def test_check_config_reports_invalid_toml_and_missing_file(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[node\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err

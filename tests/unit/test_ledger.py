@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SeriesState, open_engine
+from dicom_node.spool import StoredInstance
+
+QUIET = 10.0
+POLICY = BackoffPolicy(initial_s=30, max_s=600, max_attempts=3)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(open_engine(tmp_path / "state.db"))
+
+
+def stored(sop: str, series: str = "1.2.3", digest: str = "d") -> StoredInstance:
+    return StoredInstance("1.2", series, sop, Path("x"), 1, digest)
+
+
+def state_of(ledger: Ledger, series: str = "1.2.3") -> str:
+    summary = ledger.summary(series)
+    assert summary is not None
+    return summary.state
+
+
+def complete_and_claim(ledger: Ledger, now: float = 100.0, owner: str = "w1"):  # type: ignore[no-untyped-def]
+    ledger.record_instance(stored("1.2.3.1"), now, QUIET)
+    ledger.record_instance(stored("1.2.3.2"), now, QUIET)
+    assert ledger.complete_due(now + QUIET) == ["1.2.3"]
+    claim = ledger.claim_series(owner, now + QUIET, 60)
+    assert claim is not None
+    return claim
+
+
+def test_deadline_moves_with_each_instance_and_survives_reopen(tmp_path: Path) -> None:
+    ledger = Ledger(open_engine(tmp_path / "state.db"))
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    ledger.record_instance(stored("1.2.3.2"), 105.0, QUIET)
+    assert ledger.complete_due(114.0) == []
+    reopened = Ledger(open_engine(tmp_path / "state.db"))       # a restart keeps the deadline
+    assert reopened.next_deadline() == 115.0
+    assert reopened.complete_due(115.0) == ["1.2.3"]
+    assert state_of(reopened) == SeriesState.COMPLETE
+
+
+def test_duplicate_changed_and_new_instances(ledger: Ledger) -> None:
+    assert ledger.record_instance(stored("1.2.3.1"), 1.0, QUIET) is RecordOutcome.NEW
+    assert ledger.record_instance(stored("1.2.3.1"), 2.0, QUIET) is RecordOutcome.DUPLICATE
+    assert ledger.record_instance(stored("1.2.3.1", digest="e"), 3.0, QUIET) is RecordOutcome.CHANGED
+    summary = ledger.summary("1.2.3")
+    assert summary is not None and summary.instance_count == 1
+
+
+def test_a_series_is_claimed_once(ledger: Ledger) -> None:
+    complete_and_claim(ledger)
+    assert ledger.claim_series("w2", 200.0, 60) is None
+    assert state_of(ledger) == SeriesState.SYNTHESIZING
+
+
+def test_concurrent_claims_never_share_a_series(ledger: Ledger) -> None:
+    for i in range(20):
+        ledger.record_instance(stored("1.2.9.1", series=f"1.2.9.{i}"), 0.0, 1.0)
+    ledger.complete_due(5.0)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (claim := ledger.claim_series(name, 5.0, 60)) is not None:
+            with lock:
+                claimed.append(claim.series_uid)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(f"1.2.9.{i}" for i in range(20))
+
+
+def test_send_jobs_retry_with_backoff_then_fail(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs", "outbox"], 1.0, 200.0)
+    assert state_of(ledger) == SeriesState.SENDING
+    out = ledger.claim_send("outbox", "s", 200.0, 60)
+    assert out is not None
+    ledger.send_finished(out, "s", 6, "ok", "", True, POLICY, 200.0)
+    now = 200.0
+    for attempt in range(1, 4):
+        job = ledger.claim_send("pacs", "s", now, 60)
+        assert job is not None and job.attempts == attempt - 1
+        state = ledger.send_finished(job, "s", 0, "0xA700", "out of resources", False, POLICY, now)
+        if attempt < 3:
+            assert state is JobState.PENDING
+            assert ledger.claim_send("pacs", "s", now + POLICY.delay_s(attempt) - 1, 60) is None
+            now += POLICY.delay_s(attempt)
+    assert state is JobState.FAILED
+    summary = ledger.summary("1.2.3")
+    assert summary is not None and summary.state == SeriesState.FAILED and summary.reason == "send_failed"
+    assert dict((d, (s, st)) for d, s, _, st in summary.sends) == {
+        "outbox": ("done", "ok"), "pacs": ("failed", "0xA700")}
+    assert ledger.retry("1.2.3", now) == "re-queued 1 failed send(s)"
+    assert ledger.claim_send("pacs", "s", now, 60) is not None
+
+
+def test_backoff_doubles_to_a_cap() -> None:
+    policy = BackoffPolicy(30, 600, 10)
+    assert [policy.delay_s(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+
+
+def test_all_sends_done_means_done(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs"], 1.0, 200.0)
+    job = ledger.claim_send("pacs", "s", 200.0, 60)
+    assert job is not None
+    ledger.send_finished(job, "s", 6, "ok", "", True, POLICY, 201.0)
+    assert state_of(ledger) == SeriesState.DONE
+    assert ledger.is_derived_series("2.25.1") and not ledger.is_derived_series("1.2.3")
+
+
+def test_resend_after_done_changes_nothing_but_new_instance_reopens(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    assert state_of(ledger) == SeriesState.DONE
+    ledger.record_instance(stored("1.2.3.1"), 300.0, QUIET)
+    assert state_of(ledger) == SeriesState.DONE
+    ledger.record_instance(stored("1.2.3.3"), 300.0, QUIET)
+    assert state_of(ledger) == SeriesState.RECEIVING
+    assert ledger.complete_due(310.0) == ["1.2.3"]
+
+
+def test_instance_arriving_during_synthesis_reprocesses_afterwards(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.record_instance(stored("1.2.3.9"), 150.0, QUIET)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    assert state_of(ledger) == SeriesState.RECEIVING
+
+
+def test_expired_and_dead_owner_leases_are_reclaimed(ledger: Ledger) -> None:
+    complete_and_claim(ledger, owner="host:123:abc")
+    assert ledger.reclaim_expired(150.0) == 0                 # lease runs to 170
+    assert ledger.lease_owners() == {"host:123:abc"}
+    assert ledger.release_owner("host:123:abc", 150.0) == 1
+    assert state_of(ledger) == SeriesState.COMPLETE
+    claim = ledger.claim_series("w2", 150.0, 60)
+    assert claim is not None
+    assert ledger.reclaim_expired(211.0) == 1
+    assert state_of(ledger) == SeriesState.COMPLETE
+
+
+def test_a_worker_that_lost_its_lease_cannot_record(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.release_owner("w1", 150.0)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs"], 1.0, 200.0)
+    assert state_of(ledger) == SeriesState.COMPLETE
+
+
+def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.reject_series(claim, "w1", "gantry_tilt", "12 degrees", 200.0)
+    summary = ledger.summary("1.2.3")
+    assert summary is not None and (summary.state, summary.reason) == ("rejected", "gantry_tilt")
+    assert ledger.retry("1.2.3", 201.0) == "queued for processing again"
+    with pytest.raises(ValueError, match=r"is complete; only failed or rejected series can be retried"):
+        ledger.retry("1.2.3", 202.0)
+    with pytest.raises(KeyError, match=r"no series 9.9 in the ledger"):
+        ledger.retry("9.9", 202.0)
