@@ -114,7 +114,8 @@ class Node:
         self._wake_synth.set()
         for ev in self._wake_send.values():
             ev.set()
-        self._scheduler.shutdown(wait=False)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         deadline = time.monotonic() + drain_s
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))

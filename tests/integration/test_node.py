@@ -1,0 +1,213 @@
+"""The node end to end in-process: receive → complete → assemble → synthesize → write → send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
+)
+from pynetdicom import AE
+
+from dicom_node.app import DiskGuard
+from dicom_node.ledger import SeriesState
+from dicom_node.receive import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
+from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
+from tests.support.ct_series import make_ct_series, position_mm, slice_normal, sorted_by_position
+
+
+def node_state(node, series_uid: str) -> str:  # type: ignore[no-untyped-def]
+    summary = node.ledger.summary(series_uid)
+    return "" if summary is None else str(summary.state)
+
+
+def test_series_round_trip(node_factory: NodeFactory, pacs: CollectingSCP, tmp_path: Path) -> None:
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=6, shuffled=True)
+    assert send_series(source, node.scp.port) == [0] * 6
+    wait_until(lambda: sum(map(len, pacs.series().values())) == 26, what="26 derived instances at the PACS")
+    (derived,) = pacs.series().values()
+    derived.sort(key=lambda ds: int(ds.InstanceNumber))
+    first = sorted_by_position(source)[0]
+    normal = slice_normal(first)
+    for k, ds in enumerate(derived):
+        np.testing.assert_allclose(position_mm(ds), position_mm(first) + k * 1.0 * normal, atol=1e-3)
+    assert derived[0].SeriesInstanceUID != source[0].SeriesInstanceUID
+    assert derived[0].StudyInstanceUID == source[0].StudyInstanceUID
+    wait_until(lambda: node_state(node, source[0].SeriesInstanceUID) == SeriesState.DONE, what="done")
+    outbox = tmp_path / "outbox" / str(derived[0].SeriesInstanceUID)
+    assert len(list(outbox.glob("*.dcm"))) == 26
+
+
+def test_series_over_several_associations_is_one_series(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
+    node = node_factory(pacs=pacs, quiet_period_s=1.0)
+    source = make_ct_series(slices=6)
+    assert send_series(source[:3], node.scp.port) == [0] * 3
+    assert send_series(source[3:], node.scp.port) == [0] * 3
+    wait_until(lambda: sum(map(len, pacs.series().values())) == 26, what="one derived series")
+    assert len(pacs.series()) == 1
+
+
+def test_resend_of_a_done_series_makes_no_new_series(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=4)
+    uid = str(source[0].SeriesInstanceUID)
+    send_series(source, node.scp.port)
+    wait_until(lambda: node_state(node, uid) == SeriesState.DONE, what="first pass done")
+    first_uids = {ds.SOPInstanceUID for ds in pacs.received}
+    assert send_series(source, node.scp.port) == [0] * 4
+    summary = node.ledger.summary(uid)
+    assert summary is not None and summary.state == SeriesState.DONE
+    assert len(pacs.received) == 16 and {ds.SOPInstanceUID for ds in pacs.received} == first_uids
+
+
+def test_changed_series_is_rebuilt_with_the_same_uids(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=4)
+    uid = str(source[0].SeriesInstanceUID)
+    send_series(source[:3], node.scp.port)
+    wait_until(lambda: node_state(node, uid) == SeriesState.DONE, what="first pass done")
+    send_series(source[3:], node.scp.port)       # a late slice: the series is processed again
+    wait_until(lambda: len(pacs.received) == 11 + 16, what="second pass sent")
+    assert len(pacs.series()) == 1                # same derived series UID both times
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_unsafe_or_missing_uids_get_a_failure_status(node_factory: NodeFactory, tmp_path: Path) -> None:
+    node = node_factory()
+    bad = make_ct_series(slices=3)
+    bad[0].SeriesInstanceUID = "../../etc"
+    bad[1].StudyInstanceUID = ""
+    assert send_series(bad, node.scp.port) == [STATUS_CANNOT_UNDERSTAND, STATUS_CANNOT_UNDERSTAND, 0]
+    assert not list((tmp_path / "var").rglob("etc*"))
+
+
+def test_other_sop_classes_are_refused_at_negotiation(node_factory: NodeFactory) -> None:
+    node = node_factory()
+    ae = AE("MODALITY")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="SYNTHNODE")
+    assert not assoc.is_established or not assoc.accepted_contexts
+    if assoc.is_established:
+        assoc.release()
+
+
+def test_bad_series_is_kept_with_reason_and_node_keeps_serving(node_factory: NodeFactory, pacs: CollectingSCP,
+                                                                tmp_path: Path) -> None:
+    node = node_factory(pacs=pacs)
+    tilted = make_ct_series(slices=4, gantry_tilt_deg=20)
+    send_series(tilted, node.scp.port)
+    uid = str(tilted[0].SeriesInstanceUID)
+    wait_until(lambda: node_state(node, uid) == SeriesState.REJECTED, what="rejection")
+    folder = tmp_path / "var" / "rejected" / uid
+    assert (folder / "reason").read_text().startswith("gantry_tilt\n")
+    assert len(list(folder.glob("*.dcm"))) == 4
+    good = make_ct_series(slices=3)
+    send_series(good, node.scp.port)
+    wait_until(lambda: node_state(node, str(good[0].SeriesInstanceUID)) == SeriesState.DONE, what="good done")
+
+
+def test_our_own_output_sent_back_is_not_processed(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=3)
+    send_series(source, node.scp.port)
+    wait_until(lambda: len(pacs.received) == 11, what="derived series")
+    echoed: list[Dataset] = list(pacs.received)
+    for ds in echoed:
+        ds.SeriesDescription = "renamed by a PACS"
+    assert send_series(echoed, node.scp.port) == [0] * 11
+    uid = str(echoed[0].SeriesInstanceUID)
+    wait_until(lambda: node_state(node, uid) == SeriesState.REJECTED, what="own output recognised")
+    summary = node.ledger.summary(uid)
+    assert summary is not None and summary.reason == "own_output"
+    assert len(pacs.received) == 11
+
+
+def test_failing_destination_does_not_block_the_others(node_factory: NodeFactory, pacs: CollectingSCP,
+                                                       tmp_path: Path) -> None:
+    pacs.status = STATUS_OUT_OF_RESOURCES
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=3)
+    uid = str(source[0].SeriesInstanceUID)
+    send_series(source, node.scp.port)
+    wait_until(lambda: node_state(node, uid) == SeriesState.FAILED, what="send given up", timeout_s=30)
+    summary = node.ledger.summary(uid)
+    assert summary is not None
+    sends = {d: (s, a, st) for d, s, a, st in summary.sends}
+    assert sends["outbox"] == ("done", 1, "ok")
+    assert sends["pacs"] == ("failed", 3, "0xA700")
+    assert len(list((tmp_path / "outbox").rglob("*.dcm"))) == 11
+    pacs.status = 0                                      # the PACS is back: an administrator retries
+    node.ledger.retry(uid, node.clock())
+    wait_until(lambda: node_state(node, uid) == SeriesState.DONE, what="delivered after retry")
+    assert len(pacs.received) == 11
+
+
+def test_destination_down_then_back_is_delivered(node_factory: NodeFactory) -> None:
+    pacs = CollectingSCP()
+    pacs.start()
+    port = pacs.port
+    pacs.stop()                                          # the PACS is down: nothing listens there
+    node = node_factory(pacs_port=port, extra={"send": {"max_attempts": 50, "retry_max_s": 0.2}})
+    source = make_ct_series(slices=3)
+    uid = str(source[0].SeriesInstanceUID)
+    send_series(source, node.scp.port)
+
+    def attempts() -> int:
+        summary = node.ledger.summary(uid)
+        return 0 if summary is None else max((a for d, _, a, _ in summary.sends if d == "pacs"), default=0)
+
+    wait_until(lambda: attempts() >= 2, what="two failed attempts")
+    assert node_state(node, uid) == SeriesState.SENDING
+    back = CollectingSCP()
+    back.start(port=port)
+    try:
+        wait_until(lambda: node_state(node, uid) == SeriesState.DONE, what="delivered once back")
+        assert len(back.received) == 11
+    finally:
+        back.stop()
+
+
+def test_restart_keeps_the_completion_deadline(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
+    first = node_factory(pacs=pacs, quiet_period_s=1.5)
+    source = make_ct_series(slices=3)
+    send_series(source, first.scp.port)
+    first.stop(drain_s=1.0)                               # stopped before the quiet period ends
+    assert node_state(first, str(source[0].SeriesInstanceUID)) == SeriesState.RECEIVING
+    second = node_factory(pacs=pacs, quiet_period_s=1.5)
+    wait_until(lambda: len(pacs.received) == 11, what="delivered after restart")
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpegls", "j2k"])
+def test_compressed_input_is_decoded(node_factory: NodeFactory, pacs: CollectingSCP, syntax: str) -> None:
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=3, signed=True, rescale_intercept=0.0)
+    for ds in source:
+        ds.compress(syntax)
+    assert send_series(source, node.scp.port) == [0] * 3
+    wait_until(lambda: len(pacs.received) == 11, what=f"derived series from {syntax.name}")
+    plain = make_ct_series(slices=3, signed=True, rescale_intercept=0.0)
+    expected = sorted_by_position(plain)[0].pixel_array
+    derived = sorted(pacs.received, key=lambda ds: int(ds.InstanceNumber))
+    np.testing.assert_array_equal(derived[0].pixel_array, expected)
+
+
+def test_disk_watermark_refuses_with_out_of_resources(node_factory: NodeFactory, tmp_path: Path) -> None:
+    node = node_factory(disk_watermark=0.000001)
+    assert send_series(make_ct_series(slices=2), node.scp.port) == [STATUS_OUT_OF_RESOURCES] * 2
+    guard = DiskGuard(tmp_path, 1.0)
+    assert guard() == 0
+
+
+def test_allow_list_refuses_unknown_callers(node_factory: NodeFactory) -> None:
+    node = node_factory(allowed_callers=["SCANNER1"])
+    source = make_ct_series(slices=2)
+    assert send_series(source, node.scp.port, calling_ae="STRANGER") == [-1, -1]
+    assert send_series(source, node.scp.port, calling_ae="SCANNER1") == [0, 0]
+    assert send_series(source, node.scp.port, calling_ae="SCANNER1", called_ae="OTHERNODE") == [-1, -1]
