@@ -99,8 +99,8 @@ NodeFactory = Callable[..., Node]
 def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     nodes: list[Node] = []
 
-    def make(*, pacs: CollectingSCP | None = None, pacs_port: int | None = None, quiet_period_s: float = 1.0, storage: str = "var",
-             extra: dict[str, Any] | None = None, start: bool = True, **node_keys: Any) -> Node:
+    def make(*, pacs: CollectingSCP | None = None, pacs_port: int | None = None, quiet_period_s: float = 1.0,
+             storage: str = "var", extra: dict[str, Any] | None = None, start: bool = True, **node_keys: Any) -> Node:
         raw: dict[str, Any] = {
             "node": {"port": 0, "storage_dir": str(tmp_path / storage), **node_keys},
             "series": {"quiet_period_s": quiet_period_s},

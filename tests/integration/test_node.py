@@ -180,7 +180,7 @@ def test_restart_keeps_the_completion_deadline(node_factory: NodeFactory, pacs: 
     send_series(source, first.scp.port)
     first.stop(drain_s=1.0)                               # stopped before the quiet period ends
     assert node_state(first, str(source[0].SeriesInstanceUID)) == SeriesState.RECEIVING
-    second = node_factory(pacs=pacs, quiet_period_s=1.5)
+    node_factory(pacs=pacs, quiet_period_s=1.5)          # a new process on the same storage
     wait_until(lambda: len(pacs.received) == 11, what="delivered after restart")
 
 
@@ -191,7 +191,7 @@ def test_compressed_input_is_decoded(node_factory: NodeFactory, pacs: Collecting
     for ds in source:
         ds.compress(syntax)
     assert send_series(source, node.scp.port) == [0] * 3
-    wait_until(lambda: len(pacs.received) == 11, what=f"derived series from {syntax.name}")
+    wait_until(lambda: len(pacs.received) == 11, what=f"derived series from {syntax}")
     plain = make_ct_series(slices=3, signed=True, rescale_intercept=0.0)
     expected = sorted_by_position(plain)[0].pixel_array
     derived = sorted(pacs.received, key=lambda ds: int(ds.InstanceNumber))

@@ -17,7 +17,7 @@ CFG = SeriesSection()
 
 def roundtrip(datasets: list[Dataset]) -> list[Dataset]:
     """As the node sees them: written to bytes and read back."""
-    out = []
+    out: list[Dataset] = []
     for ds in datasets:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
