@@ -100,7 +100,8 @@ class SwinDecoder2d(nn.Module):
     def __init__(self, dim: int, heads: int, window: int, layers: int, depth: int, mlp_ratio: int,
                  drop_path: float) -> None:
         super().__init__()
-        rates = torch.linspace(0.0, drop_path, layers * depth).tolist() if layers * depth > 1 else [0.0]
+        n = layers * depth
+        rates = [drop_path * i / (n - 1) if n > 1 else 0.0 for i in range(n)]   # linear 0 → drop_path
         self.patch_embed = PatchNorm(dim)
         self.layers = nn.ModuleList(
             RSTB(dim, heads, window, depth, mlp_ratio, rates[k * depth:(k + 1) * depth])
