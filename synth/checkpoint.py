@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class CheckpointMetadata:
     val_psnr_db: float | None = None
     code_version: str = synth.__version__
     notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)   # plain values only (e.g. the training config)
 
     def __post_init__(self) -> None:
         if not isinstance(self.training_data, str) or not self.training_data:
@@ -48,6 +50,18 @@ class CheckpointMetadata:
             raise ValueError(f"CheckpointMetadata.epochs must be a non-negative int or None, got {self.epochs!r}")
         if self.val_psnr_db is not None and not isinstance(self.val_psnr_db, float):
             raise ValueError(f"CheckpointMetadata.val_psnr_db must be a float or None, got {self.val_psnr_db!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"CheckpointMetadata.extra must be a dict, got {type(self.extra).__name__}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> CheckpointMetadata:
+        """Known fields by name; any other key goes to `extra`, made plain (str for unknown types)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in raw.items() if k in known}
+        if isinstance(values.get("val_psnr_db"), int | float):
+            values["val_psnr_db"] = float(values["val_psnr_db"])
+        extra = {str(k): _plain(v) for k, v in raw.items() if k not in known and k != "extra"}
+        return cls(**values, extra=_plain(dict(raw.get("extra") or {})) | extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +91,18 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: CTHNet, metadata: CheckpointMetadata) -> str:
-    """Write atomically (temp file + rename); returns the file's sha256."""
+def save_checkpoint(path: str | os.PathLike[str], model: CTHNet,
+                    metadata: CheckpointMetadata | Mapping[str, Any]) -> str:
+    """Write atomically (temp file + rename); returns the file's sha256.
+
+    `metadata` may be a plain mapping (as the trainer writes it): see CheckpointMetadata.from_mapping.
+    """
     if not isinstance(model, CTHNet):
         raise TypeError(f"save_checkpoint needs a CTHNet, got {type(model).__name__}")
+    if isinstance(metadata, Mapping):
+        metadata = CheckpointMetadata.from_mapping(metadata)
     if not isinstance(metadata, CheckpointMetadata):
-        raise TypeError(f"save_checkpoint needs CheckpointMetadata, got {type(metadata).__name__}")
+        raise TypeError(f"save_checkpoint needs CheckpointMetadata or a mapping, got {type(metadata).__name__}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -178,3 +198,14 @@ def _metadata_from_dict(raw: Any) -> CheckpointMetadata:
     if unknown := raw.keys() - names:
         raise ValueError(f"unknown metadata field(s) {sorted(unknown)}")
     return CheckpointMetadata(**raw)
+
+
+def _plain(value: Any) -> Any:
+    """Values torch.load(weights_only=True) can read back: containers of str/int/float/bool/None."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)

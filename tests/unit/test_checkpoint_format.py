@@ -99,5 +99,17 @@ def test_metadata_and_save_arguments_are_validated(tmp_path: Path) -> None:
         CheckpointMetadata(training_data="x", val_psnr_db="40")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"save_checkpoint needs a CTHNet, got Linear"):
         save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(1, 1), META)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"save_checkpoint needs CheckpointMetadata, got dict"):
-        save_checkpoint(tmp_path / "x.pt", CTHNet(TINY), {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"save_checkpoint needs CheckpointMetadata or a mapping, got list"):
+        save_checkpoint(tmp_path / "x.pt", CTHNet(TINY), [])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"CheckpointMetadata.extra must be a dict, got list"):
+        CheckpointMetadata(training_data="x", extra=[])  # type: ignore[arg-type]
+
+
+def test_metadata_from_a_plain_mapping_keeps_extra_keys(tmp_path: Path) -> None:
+    raw = {"training_data": "phantoms", "epochs": 3, "val_psnr_db": 31, "train_cases": 4,
+           "train_config": {"lr": 3e-4, "out_dir": tmp_path, "sizes": (1, 2)}}
+    path = tmp_path / "t.pt"
+    save_checkpoint(path, CTHNet(TINY), raw)
+    meta = load_checkpoint(path).metadata
+    assert (meta.training_data, meta.epochs, meta.val_psnr_db) == ("phantoms", 3, 31.0)
+    assert meta.extra == {"train_cases": 4, "train_config": {"lr": 3e-4, "out_dir": str(tmp_path), "sizes": [1, 2]}}
