@@ -24,16 +24,16 @@ from dicom_node.config import DestinationSection, FolderDestinationSection, Node
 from dicom_node.errors import InvalidSeriesError
 from dicom_node.ledger import BackoffPolicy, JobState, Ledger, SendClaim, SeriesClaim, open_engine
 from dicom_node.logcontext import current_series
+from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StoreSCP
-from dicom_node.send import SendReport, send_dicom, send_folder
+from dicom_node.send import SendReport, remove_derived, send_dicom, send_folder
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.write import derived_files, write_derived_series
 from synth.synthesizer import Synthesizer, build_synthesizer
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 120.0
 PROCESSING_ERROR = "processing_error"
 NO_INSTANCES = "no_instances"
 
@@ -77,12 +77,17 @@ class Node:
         self.cfg = cfg
         self.clock = clock
         self.spool = Spool(cfg.storage_dir)
-        self.ledger = Ledger(open_engine(cfg.storage_dir / "state.db"))
+        self.ledger = Ledger(open_engine(cfg.database_url))
+        self.lease_s = cfg.database.lease_s
+        self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
         self.backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
         self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.disk_watermark)
-        self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard)
+        self.scp: StoreSCP | None = None
+        if cfg.node.receive:
+            self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
+                                on_refused=lambda status: self.metrics.refused.labels(f"0x{status:04X}").inc())
         self._stop = threading.Event()
         self._wake_synth = threading.Event()
         self._wake_send = {name: threading.Event() for name in cfg.destination_names()}
@@ -95,21 +100,27 @@ class Node:
         self._recover()
         self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
                                 id="complete-due")
-        self._scheduler.add_job(self._sweep_leases, "interval", seconds=30, max_instances=1, coalesce=True,
-                                id="lease-sweep")
+        self._scheduler.add_job(self._sweep_leases, "interval", seconds=min(30.0, self.lease_s / 4),
+                                max_instances=1, coalesce=True, id="lease-sweep")
+        self._scheduler.add_job(self._retention_sweep, "interval", seconds=self.cfg.retention.sweep_interval_s,
+                                max_instances=1, coalesce=True, id="retention")
         self._scheduler.start()
-        self._spawn("synth-worker", self._synth_loop)
-        for dest in self.cfg.destinations:
-            self._spawn(f"send-{dest.name}", self._send_loop, dest)
-        for folder in self.cfg.folder_destinations:
-            self._spawn(f"send-{folder.name}", self._send_loop, folder)
-        self.scp.start()
-        logger.info("node %s started: backend %s, %d destination(s)", self.owner,
-                    self.synthesizer.identity.backend, len(self._wake_send))
+        if self.cfg.node.process:
+            self._spawn("synth-worker", self._synth_loop)
+            for dest in self.cfg.destinations:
+                self._spawn(f"send-{dest.name}", self._send_loop, dest)
+            for folder in self.cfg.folder_destinations:
+                self._spawn(f"send-{folder.name}", self._send_loop, folder)
+        if self.scp is not None:
+            self.scp.start()
+        logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
+                    self.synthesizer.identity.backend, len(self._wake_send),
+                    "" if self.scp is not None else ", worker only (not receiving)")
 
     def stop(self, drain_s: float = 30.0) -> None:
         """Stop accepting, let in-flight stores finish, stop the workers, release our leases."""
-        self.scp.drain(drain_s)
+        if self.scp is not None:
+            self.scp.drain(drain_s)
         self._stop.set()
         self._wake_synth.set()
         for ev in self._wake_send.values():
@@ -140,7 +151,8 @@ class Node:
 
     # -- receive -----------------------------------------------------------------------------
     def _on_stored(self, stored: StoredInstance, calling_ae: str) -> None:
-        self.ledger.record_instance(stored, self.clock(), self.cfg.series.quiet_period_s, calling_ae)
+        outcome = self.ledger.record_instance(stored, self.clock(), self.cfg.series.quiet_period_s, calling_ae)
+        self.metrics.instances.labels(outcome.value).inc()
 
     # -- timers ------------------------------------------------------------------------------
     def _complete_due(self) -> None:
@@ -150,6 +162,14 @@ class Node:
         if completed:
             self._wake_synth.set()
 
+    def _retention_sweep(self) -> None:
+        """Finished work older than retention.done_days goes; failed or rejected work never does here."""
+        cutoff = self.clock() - self.cfg.retention.done_days * 86400
+        for source_uid, derived_uid in self.ledger.purge_done(cutoff):
+            self.spool.remove_source(source_uid)
+            remove_derived(self.spool.derived_dir(derived_uid))
+            logger.info("retention: removed series %s and its derived series %s", source_uid, derived_uid)
+
     def _sweep_leases(self) -> None:
         if n := self.ledger.reclaim_expired(self.clock()):
             logger.warning("re-queued %d job(s) whose lease expired", n)
@@ -158,7 +178,7 @@ class Node:
     # -- synthesis ---------------------------------------------------------------------------
     def _synth_loop(self) -> None:
         while not self._stop.is_set():
-            claim = self.ledger.claim_series(self.owner, self.clock(), LEASE_S)
+            claim = self.ledger.claim_series(self.owner, self.clock(), self.lease_s)
             if claim is None:
                 self._wake_synth.wait(timeout=1.0)
                 self._wake_synth.clear()
@@ -184,19 +204,23 @@ class Node:
             synth_started = time.monotonic()
             thin = self.synthesizer(volume, progress=renew)
             synth_s = time.monotonic() - synth_started
+            self.metrics.synth_seconds.observe(synth_s)
             derived = write_derived_series(thin, source, self.synthesizer.identity, self.synthesizer.factor,
                                            self.spool.derived, self.cfg.node.uid_root,
                                            self.cfg.series.series_number_offset)
         except InvalidSeriesError as exc:
             self._reject(claim, exc.reason, exc.detail)
+            self.metrics.series.labels("rejected").inc()
             return
         except Exception as exc:  # the per-series worker boundary: keep the series, say why
             logger.exception("series %s failed in processing", uid)
             self._reject(claim, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
+            self.metrics.series.labels("error").inc()
             return
         logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s)", uid,
                     volume.shape[0], volume.spacing_mm[0], derived.count, thin.spacing_mm[0], synth_s,
                     self.synthesizer.identity.backend)
+        self.metrics.series.labels("derived").inc()
         self.ledger.series_synthesized(claim, self.owner, derived.series_uid, derived.count,
                                        list(self._wake_send), time.monotonic() - started, self.clock())
         for ev in self._wake_send.values():
@@ -206,8 +230,8 @@ class Node:
         last = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
-            if time.monotonic() - last[0] > LEASE_S / 4:
-                self.ledger.renew_series_lease(series_uid, self.owner, self.clock(), LEASE_S)
+            if time.monotonic() - last[0] > self.lease_s / 4:
+                self.ledger.renew_series_lease(series_uid, self.owner, self.clock(), self.lease_s)
                 last[0] = time.monotonic()
             logger.debug("synthesis %d/%d", done, total)
 
@@ -222,7 +246,7 @@ class Node:
     def _send_loop(self, dest: DestinationSection | FolderDestinationSection) -> None:
         wake = self._wake_send[dest.name]
         while not self._stop.is_set():
-            claim = self.ledger.claim_send(dest.name, self.owner, self.clock(), LEASE_S)
+            claim = self.ledger.claim_send(dest.name, self.owner, self.clock(), self.lease_s)
             if claim is None:
                 due = self.ledger.next_send_due(dest.name)
                 wait = 1.0 if due is None else min(1.0, max(0.01, due - self.clock()))
@@ -250,6 +274,9 @@ class Node:
             report = send_folder(files, dest, claim.derived_series_uid)
         state = self.ledger.send_finished(claim, self.owner, report.sent, report.status, report.error,
                                           report.ok, self.backoff, self.clock())
+        self.metrics.send_attempts.labels(dest.name).inc()
+        if not report.ok:
+            self.metrics.send_failures.labels(dest.name).inc()
         elapsed = time.monotonic() - started
         if report.ok:
             logger.info("sent %d/%d of %s to %s in %.2f s", report.sent, report.total,

@@ -5,6 +5,7 @@ Every failure is an InvalidSeriesError with a named reason; nothing here decides
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
 
     numbers = [ds.get("InstanceNumber") for ds in datasets]
     # Numbered from the far end only when InstanceNumber falls strictly along the normal.
-    descending = None not in numbers and all(int(a) > int(b) for a, b in zip(numbers, numbers[1:], strict=False))
+    descending = None not in numbers and all(int(a) > int(b) for a, b in itertools.pairwise(numbers))
     header = datasets[0].copy()
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:

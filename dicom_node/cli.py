@@ -45,9 +45,15 @@ def _load(args: argparse.Namespace) -> NodeConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.receive_only:
+        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, process=False))
+    return _run_node(cfg)
+
+
+def _run_node(cfg: NodeConfig) -> int:
     from dicom_node.app import Node, run_until_signalled
 
-    cfg = _load(args)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -58,6 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     run_until_signalled(Node(cfg), stop)
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    args_cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, receive=False))
+    return _run_node(args_cfg)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -97,7 +109,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 def _open_ledger(cfg: NodeConfig):  # type: ignore[no-untyped-def]
     from dicom_node.ledger import Ledger, open_engine
 
-    return Ledger(open_engine(cfg.storage_dir / "state.db"))
+    return Ledger(open_engine(cfg.database_url))
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -113,6 +125,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
         sends = ", ".join(f"{d}={s}({a})" for d, s, a, _ in r.sends)
         print(f"{r.series_uid:<64} {r.state:<12} {r.instance_count:>5} {r.derived_count:>5}  "
               f"{r.reason or sends}")
+    return 0
+
+
+def _cmd_discard(args: argparse.Namespace) -> int:
+    from dicom_node.send import remove_derived
+    from dicom_node.spool import Spool
+
+    cfg = _load(args)
+    ledger = _open_ledger(cfg)
+    try:
+        derived = ledger.discard(args.series_uid)
+    except (KeyError, ValueError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return EXIT_FAILURE
+    spool = Spool(cfg.storage_dir)
+    spool.remove_source(args.series_uid)
+    if derived:
+        remove_derived(spool.derived_dir(derived))
+    print(f"{args.series_uid}: discarded (ledger rows and files removed)")
     return 0
 
 
@@ -139,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="receive, synthesize and send until SIGTERM"))
     run.add_argument("--port", type=int, help="override node.port")
+    run.add_argument("--receive-only", action="store_true",
+                     help="only receive and queue; `dicom-node worker` processes (shared database and storage)")
     run.set_defaults(func=_cmd_run)
+    worker = with_config(sub.add_parser("worker", help="only synthesize and send (one per GPU; shared ledger)"))
+    worker.set_defaults(func=_cmd_worker)
     check = with_config(sub.add_parser("check-config", help="validate and print the resolved config"))
     check.set_defaults(func=_cmd_check_config)
     echo = with_config(sub.add_parser("echo", help="C-ECHO the configured destinations (or one host)"))
@@ -157,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry = with_config(sub.add_parser("retry", help="re-queue a failed or rejected series"))
     retry.add_argument("series_uid")
     retry.set_defaults(func=_cmd_retry)
+    discard = with_config(sub.add_parser("discard", help="remove a done, failed or rejected series and its files"))
+    discard.add_argument("series_uid")
+    discard.set_defaults(func=_cmd_discard)
     return parser
 
 

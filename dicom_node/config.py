@@ -40,8 +40,13 @@ class NodeSection:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     allow_any_caller: bool = False   # required for a non-loopback listener without an allow-list
-    allowed_callers: list[str] = field(default_factory=list)   # calling AE titles; empty = any
+    allowed_callers: list[str] = field(default_factory=list)   # "AE" or "AE@host"; empty = any
     disk_watermark: float = 0.95     # refuse stores (0xA700) above this fraction of the disk in use
+    receive: bool = True             # false: a worker that only synthesizes and sends
+    process: bool = True             # false: a receiver that only stores and queues
+    tls_cert: str = ""               # PEM certificate: the SCP speaks DICOM TLS when set
+    tls_key: str = ""
+    tls_ca: str = ""                 # when set, callers must present a certificate signed by it
 
     def __post_init__(self) -> None:
         _check_ae("node.ae_title", self.ae_title)
@@ -55,8 +60,26 @@ class NodeSection:
             raise ValueError("node.dimse_timeout_s and node.network_timeout_s must be positive")
         if not 0 < self.disk_watermark <= 1:
             raise ValueError(f"node.disk_watermark must be in (0, 1], got {self.disk_watermark}")
-        for ae in self.allowed_callers:
+        for entry in self.allowed_callers:
+            ae, _, host = entry.partition("@")
             _check_ae("node.allowed_callers entry", ae)
+            if "@" in entry and not host:
+                raise ValueError(f"node.allowed_callers entry {entry!r} has an empty host after '@'")
+        if not (self.receive or self.process):
+            raise ValueError("node.receive and node.process cannot both be false")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("node.tls_cert and node.tls_key must be set together")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("node.tls_ca needs node.tls_cert and node.tls_key")
+
+    def caller_allowed(self, ae_title: str, host: str) -> bool:
+        if not self.allowed_callers:
+            return True
+        for entry in self.allowed_callers:
+            ae, _, allowed_host = entry.partition("@")
+            if ae == ae_title.strip() and (not allowed_host or allowed_host == host):
+                return True
+        return False
 
     @property
     def is_loopback(self) -> bool:
@@ -120,8 +143,16 @@ class DestinationSection:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    tls_ca: str = ""                 # CA bundle to verify the destination (system CAs when empty)
+    tls_cert: str = ""               # client certificate, when the destination asks for one
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
+        if (self.tls_ca or self.tls_cert) and not self.tls:
+            raise ValueError(f"destinations.{self.name}: tls_ca/tls_cert given but tls is false")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(f"destinations.{self.name}.tls_cert and tls_key must be set together")
         if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
             raise ValueError(f"destination name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.name!r}")
         _check_ae(f"destinations.{self.name}.ae_title", self.ae_title)
@@ -143,11 +174,53 @@ class FolderDestinationSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSection:
+    done_days: float = 3.0           # finished work is cleaned up this long after it finished
+    sweep_interval_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.done_days < 0:
+            raise ValueError(f"retention.done_days must not be negative, got {self.done_days}")
+        if self.sweep_interval_s <= 0:
+            raise ValueError(f"retention.sweep_interval_s must be positive, got {self.sweep_interval_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSection:
+    url: str = ""                    # empty: SQLite at <storage_dir>/state.db; or postgresql+psycopg://...
+    lease_s: float = 120.0           # how long claimed work stays ours without renewal
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"database.url must be a sqlite:// or postgresql:// URL, got {self.url.split(':')[0]!r}")
+        if self.lease_s < 5:
+            raise ValueError(f"database.lease_s must be at least 5, got {self.lease_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str = ""                  # bearer token / login for actions; empty: actions disabled
+    public_read: bool = True         # pages and read-only API without login
+    show_patient_data: bool = False  # patient names/IDs on pages, only to logged-in users
+
+    def __post_init__(self) -> None:
+        _check_port("web.port", self.port)
+        if self.show_patient_data and not self.token:
+            raise ValueError("web.show_patient_data needs web.token (patient data only to logged-in users)")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     series: SeriesSection = field(default_factory=SeriesSection)
     synth: SynthConfig = field(default_factory=SynthConfig)
     send: SendSection = field(default_factory=SendSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    web: WebSection = field(default_factory=WebSection)
     destinations: tuple[DestinationSection, ...] = ()
     folder_destinations: tuple[FolderDestinationSection, ...] = ()
     source: str = ""                  # the file it came from, for messages
@@ -155,6 +228,10 @@ class NodeConfig:
     @property
     def storage_dir(self) -> Path:
         return Path(self.node.storage_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.storage_dir / 'state.db'}"
 
     def destination_names(self) -> list[str]:
         return [d.name for d in self.destinations] + [f.name for f in self.folder_destinations]
@@ -196,14 +273,21 @@ def _resolve(base: Path, path: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _resolve_opt(base: Path, path: str) -> str:
+    return _resolve(base, path) if path else ""
+
+
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
-    known = {"node", "series", "synth", "send", "destinations", "folder_destinations"}
+    known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
+             "folder_destinations"}
     if unknown := sorted(raw.keys() - known):
         raise ConfigError(f"{source}: unknown section(s) {unknown}")
     base = base_dir or Path.cwd()
     node = _section(NodeSection, raw.get("node", {}), f"{source}: node")
-    node = dataclasses.replace(node, storage_dir=_resolve(base, node.storage_dir))
+    node = dataclasses.replace(
+        node, storage_dir=_resolve(base, node.storage_dir), tls_cert=_resolve_opt(base, node.tls_cert),
+        tls_key=_resolve_opt(base, node.tls_key), tls_ca=_resolve_opt(base, node.tls_ca))
     synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
     if isinstance(synth_raw, dict) and synth_raw.get("weights"):
         synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
@@ -212,7 +296,11 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
     for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]])")
-    dests = tuple(_section(DestinationSection, d, f"{source}: destinations[{i}]") for i, d in enumerate(dests_raw))
+    dests = tuple(
+        dataclasses.replace(d, tls_ca=_resolve_opt(base, d.tls_ca), tls_cert=_resolve_opt(base, d.tls_cert),
+                            tls_key=_resolve_opt(base, d.tls_key))
+        for d in (_section(DestinationSection, d, f"{source}: destinations[{i}]") for i, d in enumerate(dests_raw))
+    )
     folders = tuple(
         dataclasses.replace(f, path=_resolve(base, f.path))
         for f in (
@@ -228,6 +316,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
         synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
+        retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
+        database=_section(DatabaseSection, raw.get("database", {}), f"{source}: database"),
+        web=_section(WebSection, raw.get("web", {}), f"{source}: web"),
         destinations=dests,
         folder_destinations=folders,
         source=source,

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -183,10 +184,27 @@ def open_engine(url_or_path: str | Path) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema with Alembic (several processes may race: PostgreSQL locks)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(726172)")   # one migrator at a time
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
 class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        Base.metadata.create_all(engine)
+        upgrade_schema(engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager
@@ -258,7 +276,8 @@ class Ledger:
     def claim_series(self, owner: str, now: float, lease_s: float) -> SeriesClaim | None:
         with self._tx() as s:
             candidates = list(s.scalars(select(SeriesRow.series_uid).where(
-                SeriesRow.state == SeriesState.COMPLETE).order_by(SeriesRow.last_received_at).limit(5)))
+                SeriesRow.state == SeriesState.COMPLETE).order_by(SeriesRow.last_received_at).limit(5)
+                .with_for_update(skip_locked=True)))
             for uid in candidates:
                 claimed = s.execute(update(SeriesRow).where(
                     SeriesRow.series_uid == uid, SeriesRow.state == SeriesState.COMPLETE).values(
@@ -324,7 +343,8 @@ class Ledger:
         with self._tx() as s:
             candidates = list(s.scalars(select(SendJobRow.id).where(
                 SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING,
-                SendJobRow.next_attempt_at <= now).order_by(SendJobRow.next_attempt_at).limit(5)))
+                SendJobRow.next_attempt_at <= now).order_by(SendJobRow.next_attempt_at).limit(5)
+                .with_for_update(skip_locked=True)))
             for job_id in candidates:
                 claimed = s.execute(update(SendJobRow).where(
                     SendJobRow.id == job_id, SendJobRow.state == JobState.PENDING).values(
@@ -433,6 +453,44 @@ class Ledger:
                 row.state, row.reason, row.detail, row.updated_at = SeriesState.COMPLETE, "", "", now
                 return "queued for processing again"
             raise ValueError(f"series {series_uid} is {row.state}; only failed or rejected series can be retried")
+
+    def purge_done(self, finished_before: float) -> list[tuple[str, str]]:
+        """Forget `done` series finished before the cutoff; returns (source, derived) UIDs to delete."""
+        with self._tx() as s:
+            rows = list(s.execute(select(SeriesRow.series_uid, SeriesRow.derived_series_uid).where(
+                SeriesRow.state == SeriesState.DONE, SeriesRow.updated_at < finished_before)))
+            uids = [r[0] for r in rows]
+            if uids:
+                s.execute(delete(SendJobRow).where(SendJobRow.series_uid.in_(uids)))
+                s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(uids)))
+                s.execute(delete(SeriesRow).where(SeriesRow.series_uid.in_(uids)))
+            return [(str(a), str(b)) for a, b in rows]
+
+    def discard(self, series_uid: str) -> str:
+        """An administrator's explicit removal of a failed or rejected series from the ledger."""
+        with self._tx() as s:
+            row = s.get(SeriesRow, series_uid)
+            if row is None:
+                raise KeyError(f"no series {series_uid} in the ledger")
+            if row.state not in (SeriesState.FAILED, SeriesState.REJECTED, SeriesState.DONE):
+                raise ValueError(f"series {series_uid} is {row.state}; only done, failed or rejected series "
+                                 "can be discarded")
+            derived = row.derived_series_uid
+            s.execute(delete(SendJobRow).where(SendJobRow.series_uid == series_uid))
+            s.execute(delete(InstanceRow).where(InstanceRow.series_uid == series_uid))
+            s.delete(row)
+            return derived
+
+    def state_counts(self) -> dict[str, int]:
+        with self._tx() as s:
+            rows = s.execute(select(SeriesRow.state, func.count()).group_by(SeriesRow.state))
+            return {str(state): int(n) for state, n in rows}
+
+    def send_counts(self) -> dict[tuple[str, str], int]:
+        with self._tx() as s:
+            rows = s.execute(select(SendJobRow.destination, SendJobRow.state, func.count())
+                             .group_by(SendJobRow.destination, SendJobRow.state))
+            return {(str(d), str(state)): int(n) for d, state, n in rows}
 
     def is_derived_series(self, series_uid: str) -> bool:
         with self._tx() as s:

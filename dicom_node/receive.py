@@ -34,7 +34,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from dicom_node.config import NodeSection
-from dicom_node.netutil import VERIFICATION, set_nodelay
+from dicom_node.netutil import VERIFICATION, server_tls_context, set_nodelay
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.uids import checked_uid
 
@@ -48,7 +48,6 @@ STATUS_PROCESSING_FAILURE = 0x0110
 
 TRANSFER_SYNTAXES: list[UID] = [
     ExplicitVRLittleEndian,
-    CTImageStorage,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -66,15 +65,19 @@ TRANSFER_SYNTAXES: list[UID] = [
     HTJ2K,
 ]
 
+REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED = 0x01, 0x01, 0x03
+
 OnStored = Callable[[StoredInstance, str], None]
 """Called with the stored instance and the calling AE title; must be quick and may raise OSError."""
 
 
 class StoreSCP:
     def __init__(self, cfg: NodeSection, spool: Spool, on_stored: OnStored,
-                 accept_store: Callable[[], int] | None = None) -> None:
+                 accept_store: Callable[[], int] | None = None,
+                 on_refused: Callable[[int], None] | None = None) -> None:
         self._cfg, self._spool, self._on_stored = cfg, spool, on_stored
         self._accept_store = accept_store      # returns 0 to accept, or a failure status (e.g. disk full)
+        self._on_refused = on_refused          # told every failure status we answer (metrics)
         self._ae = AE(ae_title=cfg.ae_title)
         self._ae.add_supported_context(VERIFICATION)
         self._ae.add_supported_context(CTImageStorage, TRANSFER_SYNTAXES)
@@ -83,8 +86,6 @@ class StoreSCP:
         self._ae.network_timeout = cfg.network_timeout_s
         self._ae.acse_timeout = cfg.network_timeout_s
         self._ae.require_called_aet = True
-        if cfg.allowed_callers:
-            self._ae.require_calling_aet = list(cfg.allowed_callers)
         self._server: object | None = None
 
     @property
@@ -97,12 +98,14 @@ class StoreSCP:
     def start(self) -> None:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self._check_caller),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_REJECTED, self._log_rejected),
         ]
         self._server = self._ae.start_server((self._cfg.host, self._cfg.port), block=False,
-                                             evt_handlers=handlers)
-        logger.info("Storage SCP %s listening on %s:%d", self._cfg.ae_title, self._cfg.host, self.port)
+                                             evt_handlers=handlers, ssl_context=server_tls_context(self._cfg))
+        logger.info("Storage SCP %s listening on %s:%d%s", self._cfg.ae_title, self._cfg.host, self.port,
+                    " (DICOM TLS)" if self._cfg.tls_cert else "")
 
     def drain(self, timeout_s: float) -> None:
         """Stop accepting associations, let those in flight finish (up to `timeout_s`), then stop."""
@@ -118,16 +121,28 @@ class StoreSCP:
         self._server = None
         logger.info("Storage SCP stopped")
 
+    def _check_caller(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: refuse callers not on the allow-list (AE title, optionally with host)."""
+        req = event.assoc.requestor
+        calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or "")
+        if not self._cfg.caller_allowed(calling_ae, str(req.address)):
+            event.assoc.acse.send_reject(REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED)
+
     @staticmethod
     def _log_rejected(event: evt.Event) -> None:
         req = event.assoc.requestor
-        logger.warning("refused association from AE %r at %s:%s (calling/called AE not allowed)",
-                       req.ae_title, req.address, req.port)
+        logger.warning("refused association from AE %r at %s:%s (calling or called AE not allowed)",
+                       str(req.ae_title).strip(), req.address, req.port)
+
+    def _refuse(self, status: int) -> int:
+        if self._on_refused is not None:
+            self._on_refused(status)
+        return status
 
     def _handle_store(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title)
         if self._accept_store is not None and (status := self._accept_store()) != STATUS_SUCCESS:
-            return status
+            return self._refuse(status)
         try:
             ds = event.dataset
             study_uid = checked_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -135,24 +150,24 @@ class StoreSCP:
             sop_uid = checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
         except ValueError as exc:
             logger.warning("refused C-STORE from %s: %s", calling_ae, exc)
-            return STATUS_CANNOT_UNDERSTAND
+            return self._refuse(STATUS_CANNOT_UNDERSTAND)
         except Exception as exc:  # an undecodable dataset must not kill the association
             logger.warning("refused C-STORE from %s: dataset cannot be read (%s)", calling_ae,
                            type(exc).__name__)
-            return STATUS_CANNOT_UNDERSTAND
+            return self._refuse(STATUS_CANNOT_UNDERSTAND)
         requested = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
         if sop_uid != requested:
             logger.warning("refused C-STORE from %s: SOPInstanceUID %s differs from the request's %s",
                            calling_ae, sop_uid, requested)
-            return STATUS_DATASET_MISMATCH
+            return self._refuse(STATUS_DATASET_MISMATCH)
         try:
             stored = self._spool.put(study_uid, series_uid, sop_uid, event.encoded_dataset())
             self._on_stored(stored, calling_ae)
         except OSError as exc:
             logger.error("could not store instance %s of series %s: %s", sop_uid, series_uid, exc.strerror)
-            return STATUS_OUT_OF_RESOURCES
+            return self._refuse(STATUS_OUT_OF_RESOURCES)
         except Exception:
             logger.exception("could not record instance %s of series %s", sop_uid, series_uid)
-            return STATUS_PROCESSING_FAILURE
+            return self._refuse(STATUS_PROCESSING_FAILURE)
         logger.debug("stored instance %s of series %s", sop_uid, series_uid)
         return STATUS_SUCCESS

@@ -16,7 +16,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import AE, evt
 
 from dicom_node.config import DestinationSection, FolderDestinationSection
-from dicom_node.netutil import VERIFICATION, set_nodelay
+from dicom_node.netutil import VERIFICATION, client_tls_args, set_nodelay
 from dicom_node.spool import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _scu_ae(calling_ae: str, timeout_s: float) -> AE:
 def echo(dest: DestinationSection, calling_ae: str, timeout_s: float = 10.0) -> int | None:
     """C-ECHO a destination; returns the status, or None when no association could be made."""
     ae = _scu_ae(calling_ae, timeout_s)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest),
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
     if not assoc.is_established:
         return None
@@ -64,7 +64,7 @@ def echo(dest: DestinationSection, calling_ae: str, timeout_s: float = 10.0) -> 
 def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, timeout_s: float) -> SendReport:
     """C-STORE `files` to `dest` over one association; check every response."""
     ae = _scu_ae(calling_ae, timeout_s)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest),
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
     if not assoc.is_established:
         what = "association-rejected" if assoc.is_rejected else "association-failed"

@@ -1,0 +1,61 @@
+"""Prometheus metrics: counters fed by the pipeline, gauges read from the ledger at scrape time."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dicom_node.ledger import Ledger
+
+SYNTH_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, ledger: Ledger, storage_dir: Path) -> None:
+        self._ledger, self._storage_dir = ledger, storage_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily("dicom_node_series", "Series in the ledger by state", labels=["state"])
+        for state, n in sorted(self._ledger.state_counts().items()):
+            by_state.add_metric([state], n)
+        yield by_state
+        queues = GaugeMetricFamily("dicom_node_send_queue", "Send jobs by destination and state",
+                                   labels=["destination", "state"])
+        for (dest, state), n in sorted(self._ledger.send_counts().items()):
+            queues.add_metric([dest, state], n)
+        yield queues
+        usage = shutil.disk_usage(self._storage_dir)
+        disk = GaugeMetricFamily("dicom_node_disk_used_ratio", "Used fraction of the storage_dir file system")
+        disk.add_metric([], usage.used / usage.total)
+        yield disk
+
+
+class NodeMetrics:
+    """One registry per node (tests run several nodes in one process)."""
+
+    def __init__(self, ledger: Ledger, storage_dir: Path) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.instances = Counter("dicom_node_instances_received", "C-STORE instances stored, by outcome",
+                                 ["outcome"], registry=r)
+        self.refused = Counter("dicom_node_stores_refused", "C-STORE requests answered with a failure status",
+                               ["status"], registry=r)
+        self.series = Counter("dicom_node_series_processed", "Series processed, by result", ["result"], registry=r)
+        self.synth_seconds = Histogram("dicom_node_synthesis_seconds", "Seconds to synthesize one series",
+                                       buckets=SYNTH_BUCKETS_S, registry=r)
+        self.send_attempts = Counter("dicom_node_send_attempts", "Send attempts per destination",
+                                     ["destination"], registry=r)
+        self.send_failures = Counter("dicom_node_send_failures", "Failed send attempts per destination",
+                                     ["destination"], registry=r)
+        r.register(_LedgerCollector(ledger, storage_dir))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+
