@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import _config as pynetdicom_config
@@ -92,6 +93,7 @@ class Node:
         self._wake_synth = threading.Event()
         self._wake_send = {name: threading.Event() for name in cfg.destination_names()}
         self._threads: list[threading.Thread] = []
+        self.web: Any = None                     # dicom_node.web.server.WebServer when [web] is enabled
         self._scheduler = BackgroundScheduler(daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,6 +115,11 @@ class Node:
                 self._spawn(f"send-{folder.name}", self._send_loop, folder)
         if self.scp is not None:
             self.scp.start()
+        if self.cfg.web.enabled:
+            from dicom_node.web.server import WebServer  # the dashboard is optional at import time
+
+            self.web = WebServer(self)
+            self.web.start()
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self._wake_send),
                     "" if self.scp is not None else ", worker only (not receiving)")
@@ -121,6 +128,8 @@ class Node:
         """Stop accepting, let in-flight stores finish, stop the workers, release our leases."""
         if self.scp is not None:
             self.scp.drain(drain_s)
+        if self.web is not None:
+            self.web.stop()
         self._stop.set()
         self._wake_synth.set()
         for ev in self._wake_send.values():

@@ -492,6 +492,26 @@ class Ledger:
                              .group_by(SendJobRow.destination, SendJobRow.state))
             return {(str(d), str(state)): int(n) for d, state, n in rows}
 
+    def resend(self, series_uid: str, now: float, destination: str | None = None) -> str:
+        """Send a finished series' derived series again (to one destination or all)."""
+        with self._tx() as s:
+            row = s.get(SeriesRow, series_uid)
+            if row is None:
+                raise KeyError(f"no series {series_uid} in the ledger")
+            if row.state not in (SeriesState.DONE, SeriesState.FAILED):
+                raise ValueError(f"series {series_uid} is {row.state}; only done or failed series can be re-sent")
+            query = select(SendJobRow).where(SendJobRow.series_uid == series_uid)
+            if destination is not None:
+                query = query.where(SendJobRow.destination == destination)
+            jobs = list(s.scalars(query))
+            if not jobs:
+                raise ValueError(f"series {series_uid} has no send job for {destination or 'any destination'}")
+            for job in jobs:
+                job.state, job.attempts, job.next_attempt_at, job.updated_at = JobState.PENDING, 0, now, now
+                job.last_status, job.last_error = "", ""
+            row.state, row.reason, row.detail, row.updated_at = SeriesState.SENDING, "", "", now
+            return f"re-queued {len(jobs)} send(s)"
+
     def is_derived_series(self, series_uid: str) -> bool:
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(SeriesRow).where(

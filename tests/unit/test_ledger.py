@@ -168,3 +168,44 @@ def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
         ledger.retry("1.2.3", 202.0)
     with pytest.raises(KeyError, match=r"no series 9.9 in the ledger"):
         ledger.retry("9.9", 202.0)
+
+
+def test_resend_requeues_a_done_series(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs", "outbox"], 1.0, 200.0)
+    for dest in ("pacs", "outbox"):
+        job = ledger.claim_send(dest, "s", 200.0, 60)
+        assert job is not None
+        ledger.send_finished(job, "s", 6, "ok", "", True, POLICY, 200.0)
+    assert state_of(ledger) == SeriesState.DONE
+    assert ledger.resend("1.2.3", 300.0, destination="pacs") == "re-queued 1 send(s)"
+    assert state_of(ledger) == SeriesState.SENDING
+    assert ledger.claim_send("outbox", "s", 300.0, 60) is None
+    assert ledger.claim_send("pacs", "s", 300.0, 60) is not None
+    with pytest.raises(ValueError, match=r"is sending; only done or failed series can be re-sent"):
+        ledger.resend("1.2.3", 301.0)
+
+
+def test_migrations_match_the_models(ledger: Ledger) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from dicom_node.ledger import Base
+
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_purge_done_and_discard(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    assert ledger.purge_done(150.0) == []
+    assert ledger.purge_done(201.0) == [("1.2.3", "2.25.1")]
+    assert ledger.summary("1.2.3") is None
+    claim = complete_and_claim(ledger)
+    ledger.reject_series(claim, "w1", "not_axial", "coronal", 300.0)
+    assert ledger.purge_done(1e9) == []                 # rejected work is never purged by age
+    assert ledger.discard("1.2.3") == ""
+    with pytest.raises(KeyError, match=r"no series 1.2.3"):
+        ledger.discard("1.2.3")
