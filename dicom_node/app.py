@@ -102,6 +102,8 @@ class Node:
         self._recover()
         self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
                                 id="complete-due")
+        self._scheduler.add_job(self._heartbeat, "interval", seconds=self.lease_s / 4, max_instances=1,
+                                coalesce=True, id="lease-heartbeat")
         self._scheduler.add_job(self._sweep_leases, "interval", seconds=min(30.0, self.lease_s / 4),
                                 max_instances=1, coalesce=True, id="lease-sweep")
         self._scheduler.add_job(self._retention_sweep, "interval", seconds=self.cfg.retention.sweep_interval_s,
@@ -179,6 +181,10 @@ class Node:
             remove_derived(self.spool.derived_dir(derived_uid))
             logger.info("retention: removed series %s and its derived series %s", source_uid, derived_uid)
 
+    def _heartbeat(self) -> None:
+        """Keep our leases alive while we work; a killed process stops renewing and loses them."""
+        self.ledger.renew_owner(self.owner, self.clock(), self.lease_s)
+
     def _sweep_leases(self) -> None:
         if n := self.ledger.reclaim_expired(self.clock()):
             logger.warning("re-queued %d job(s) whose lease expired", n)
@@ -208,10 +214,8 @@ class Node:
             if not files:
                 raise InvalidSeriesError(uid, NO_INSTANCES, "no instance files are held for this series")
             volume, source = assemble(read_headers(files, uid), uid, self.cfg.series)
-            renew = self._lease_renewer(uid)
-            renew(0, 1)
             synth_started = time.monotonic()
-            thin = self.synthesizer(volume, progress=renew)
+            thin = self.synthesizer(volume, progress=self._log_progress)
             synth_s = time.monotonic() - synth_started
             self.metrics.synth_seconds.observe(synth_s)
             derived = write_derived_series(thin, source, self.synthesizer.identity, self.synthesizer.factor,
@@ -235,16 +239,9 @@ class Node:
         for ev in self._wake_send.values():
             ev.set()
 
-    def _lease_renewer(self, series_uid: str) -> Callable[[int, int], None]:
-        last = [time.monotonic()]
-
-        def progress(done: int, total: int) -> None:
-            if time.monotonic() - last[0] > self.lease_s / 4:
-                self.ledger.renew_series_lease(series_uid, self.owner, self.clock(), self.lease_s)
-                last[0] = time.monotonic()
-            logger.debug("synthesis %d/%d", done, total)
-
-        return progress
+    @staticmethod
+    def _log_progress(done: int, total: int) -> None:
+        logger.debug("synthesis %d/%d", done, total)
 
     def _reject(self, claim: SeriesClaim, reason: str, detail: str) -> None:
         self.spool.reject(claim.series_uid, reason, detail)

@@ -289,12 +289,14 @@ class Ledger:
                     return SeriesClaim(uid, row.study_uid, row.generation)
             return None
 
-    def renew_series_lease(self, series_uid: str, owner: str, now: float, lease_s: float) -> bool:
+    def renew_owner(self, owner: str, now: float, lease_s: float) -> int:
+        """Heartbeat: extend every lease `owner` holds (series and send jobs)."""
         with self._tx() as s:
-            result = s.execute(update(SeriesRow).where(
-                SeriesRow.series_uid == series_uid, SeriesRow.lease_owner == owner).values(
-                lease_expires_at=now + lease_s))
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            n = s.execute(update(SeriesRow).where(SeriesRow.lease_owner == owner).values(
+                lease_expires_at=now + lease_s)).rowcount  # type: ignore[attr-defined]
+            n += s.execute(update(SendJobRow).where(SendJobRow.lease_owner == owner).values(
+                lease_expires_at=now + lease_s)).rowcount  # type: ignore[attr-defined]
+            return int(n)
 
     def reject_series(self, claim: SeriesClaim, owner: str, reason: str, detail: str, now: float) -> None:
         with self._tx() as s:
