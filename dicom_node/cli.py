@@ -33,7 +33,8 @@ def _setup_logging(level: str, debug: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)   # "job skipped" under load is not news
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace) -> NodeConfig:

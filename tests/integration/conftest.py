@@ -16,6 +16,7 @@ from pynetdicom import AE, evt
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
+from dicom_node.netutil import VERIFICATION
 
 
 @dataclass
@@ -35,6 +36,7 @@ class CollectingSCP:
     def start(self, port: int = 0) -> None:
         ae = AE(self.ae_title)
         ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_supported_context(VERIFICATION)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 

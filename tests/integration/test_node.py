@@ -211,3 +211,39 @@ def test_allow_list_refuses_unknown_callers(node_factory: NodeFactory) -> None:
     assert send_series(source, node.scp.port, calling_ae="STRANGER") == [-1, -1]
     assert send_series(source, node.scp.port, calling_ae="SCANNER1") == [0, 0]
     assert send_series(source, node.scp.port, calling_ae="SCANNER1", called_ae="OTHERNODE") == [-1, -1]
+
+
+def test_logs_carry_uids_but_no_patient_data(node_factory: NodeFactory, pacs: CollectingSCP,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="dicom_node")
+    node = node_factory(pacs=pacs)
+    source = make_ct_series(slices=3, patient_id="PID778899")
+    bad = make_ct_series(slices=3, gantry_tilt_deg=10, patient_id="PID778899")
+    send_series(source, node.scp.port)
+    send_series(bad, node.scp.port)
+    wait_until(lambda: node_state(node, str(source[0].SeriesInstanceUID)) == SeriesState.DONE, what="done")
+    wait_until(lambda: node_state(node, str(bad[0].SeriesInstanceUID)) == SeriesState.REJECTED, what="rejected")
+    text = caplog.text
+    assert str(source[0].SeriesInstanceUID) in text and "gantry_tilt" in text
+    for phi in ("PID778899", str(source[0].PatientName), "PHANTOM"):
+        assert phi not in text
+
+
+def test_echo_command_reports_success_and_failure(pacs: CollectingSCP, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nstorage_dir = "{tmp_path}"\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                      f'host = "127.0.0.1"\nport = {pacs.port}\n')
+    assert main(["echo", "--config", str(config)]) == 0
+    assert "pacs: PACS@127.0.0.1" in capsys.readouterr().out
+    assert main(["echo", "--config", str(config), "--destination", "nope"]) == 1
+    assert "no destination named 'nope'" in capsys.readouterr().err
+    closed = CollectingSCP()
+    closed.start()
+    port = closed.port
+    closed.stop()
+    assert main(["echo", "--config", str(config), "--host", "127.0.0.1", "--remote-port", str(port),
+                 "--timeout", "2"]) == 1
+    assert "C-ECHO failed (no association)" in capsys.readouterr().out

@@ -209,3 +209,10 @@ def test_purge_done_and_discard(ledger: Ledger) -> None:
     assert ledger.discard("1.2.3") == ""
     with pytest.raises(KeyError, match=r"no series 1.2.3"):
         ledger.discard("1.2.3")
+
+
+def test_heartbeat_extends_every_lease_of_an_owner(ledger: Ledger) -> None:
+    complete_and_claim(ledger)                       # lease until 170
+    assert ledger.renew_owner("w1", 165.0, 60) == 1  # now until 225
+    assert ledger.reclaim_expired(200.0) == 0
+    assert ledger.renew_owner("nobody", 165.0, 60) == 0
