@@ -250,6 +250,8 @@ class Ledger:
             series.updated_at = now
             if series.state == SeriesState.RECEIVING:
                 series.deadline_at = now + quiet_s
+            elif series.state == SeriesState.COMPLETE and outcome is not RecordOutcome.DUPLICATE:
+                series.state, series.deadline_at = SeriesState.RECEIVING, now + quiet_s   # not started yet
             elif series.state in TERMINAL and outcome is not RecordOutcome.DUPLICATE:
                 series.state, series.reason, series.detail = SeriesState.RECEIVING, "", ""
                 series.deadline_at = now + quiet_s

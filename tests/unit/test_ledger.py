@@ -216,3 +216,13 @@ def test_heartbeat_extends_every_lease_of_an_owner(ledger: Ledger) -> None:
     assert ledger.renew_owner("w1", 165.0, 60) == 1  # now until 225
     assert ledger.reclaim_expired(200.0) == 0
     assert ledger.renew_owner("nobody", 165.0, 60) == 0
+
+
+def test_instance_arriving_before_the_worker_starts_extends_the_quiet_period(ledger: Ledger) -> None:
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    assert ledger.complete_due(110.0) == ["1.2.3"]
+    ledger.record_instance(stored("1.2.3.1"), 111.0, QUIET)     # a duplicate changes nothing
+    assert state_of(ledger) == SeriesState.COMPLETE
+    ledger.record_instance(stored("1.2.3.2"), 112.0, QUIET)     # a new slice: wait again
+    assert state_of(ledger) == SeriesState.RECEIVING
+    assert ledger.complete_due(121.0) == [] and ledger.complete_due(122.0) == ["1.2.3"]
