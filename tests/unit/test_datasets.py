@@ -51,9 +51,9 @@ def test_identical_origins_align_by_index() -> None:
 
 def test_alignment_errors() -> None:
     thin, thick = _ramp(21, 1.0), _ramp(5, 5.0)
-    with pytest.raises(DatasetError, match="thick spacing 2.5 mm is not a whole multiple of thin 1.0 mm"):
+    with pytest.raises(DatasetError, match=r"thick spacing 2\.5 mm is not a whole multiple of thin 1\.0 mm"):
         align_pair("c", _ramp(21, 1.0), DEFAULT_GEOMETRY, _ramp(5, 2.5), DEFAULT_GEOMETRY)
-    with pytest.raises(DatasetError, match="thick slice 0 lies 0.50 mm into the thin volume, between thin slices"):
+    with pytest.raises(DatasetError, match=r"thick slice 0 lies 0\.50 mm into the thin volume, between thin slices"):
         align_pair("c", thin, DEFAULT_GEOMETRY, thick, _geometry(0.5))
     with pytest.raises(DatasetError, match=r"thin slices 2\.\.22 needed, thin volume has 21"):
         align_pair("c", thin, DEFAULT_GEOMETRY, thick, _geometry(2.0))
@@ -104,7 +104,7 @@ def test_read_errors_and_dicom_series(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a volume file"):
         read_volume(tmp_path / "notes.txt")
     (tmp_path / "bad.nii.gz").write_bytes(b"not gzip")
-    with pytest.raises(DatasetError, match="bad.nii.gz: unreadable"):
+    with pytest.raises(DatasetError, match=r"bad\.nii\.gz: unreadable"):
         read_volume(tmp_path / "bad.nii.gz")
     with pytest.raises(DatasetError, match="expected one DICOM series, found 0"):
         read_volume(tmp_path)
@@ -123,7 +123,7 @@ def test_read_errors_and_dicom_series(tmp_path: Path) -> None:
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"{i}.dcm"))
         writer.Execute(plane)
-    volume, geometry = read_volume(series)
+    volume, _ = read_volume(series)
     assert volume.shape == (5, 4, 4) and volume.hu.dtype == np.float32
     assert volume.spacing_mm[0] == pytest.approx(5.0)
     assert volume.hu[1, 0, 0] == float(16 % 7 * 10 - 20)
