@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +126,14 @@ def test_real_chest_ct_round_trip(real_lung1: RealSeries, node: RunningNode, cad
     derived = [dcmread(p, stop_before_pixels=True) for p in paths]
     ordered = check_derived_series(source, derived)
     by_sop = {str(ds.SOPInstanceUID): p for p, ds in zip(paths, derived, strict=True)}
-    sample = [by_sop[str(ds.SOPInstanceUID)] for ds in ordered[::25] + ordered[-1:]]
-    assert_valid_dicom(sample)
+    assert_valid_dicom(paths)
     assert_consistent_series(paths)
     check_derived_pixels(
         [dcmread(p) for p in real_lung1.paths[:3]], [dcmread(by_sop[str(ds.SOPInstanceUID)]) for ds in ordered[:11]]
     )
 
 
-def _compress_with(tool: Path, *args: str) -> object:
+def _compress_with(tool: Path, *args: str) -> Callable[[Path, Path], None]:
     def compress(src: Path, dst: Path) -> None:
         result = run_tool(require(tool), *args, str(src), str(dst))
         assert result.returncode == 0, result.stdout + result.stderr
@@ -148,7 +147,7 @@ def _compress_j2k(src: Path, dst: Path) -> None:
     ds.save_as(dst, enforce_file_format=True)
 
 
-COMPRESSORS = {
+COMPRESSORS: dict[str, Callable[[Path, Path], None]] = {
     "1.2.840.10008.1.2.4.80": _compress_with(DCMCJPLS),  # JPEG-LS lossless
     "1.2.840.10008.1.2.4.90": _compress_j2k,  # JPEG 2000 lossless
     "1.2.840.10008.1.2.5": _compress_with(DCMCRLE),  # RLE lossless
@@ -165,7 +164,7 @@ def test_compressed_input_is_accepted_and_decoded(
     (tmp_path / "compressed").mkdir()
     compress = COMPRESSORS[syntax]
     for path in plain:
-        compress(path, tmp_path / "compressed" / path.name)  # type: ignore[operator]
+        compress(path, tmp_path / "compressed" / path.name)
     compressed = sorted((tmp_path / "compressed").glob("*.dcm"))
     assert {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in compressed} == {syntax}
 
