@@ -85,13 +85,13 @@ def test_official_validation_windows() -> None:
 
 
 def test_config_and_data_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="TrainConfig.epochs must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be a positive int, got 0"):
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="TrainConfig needs lr > 0, weight_decay >= 0 and patience >= 0"):
         TrainConfig(lr=0.0)
     with pytest.raises(ValueError, match=r"TrainConfig.flip_p must lie in \[0, 1\], got 2"):
         TrainConfig(flip_p=2.0)
-    with pytest.raises(ValueError, match="TrainConfig.max_minutes must not be negative, got -1"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.max_minutes must not be negative, got -1"):
         TrainConfig(max_minutes=-1.0)
     with pytest.raises(ValueError, match="spec preset must be one of"):
         spec_preset("huge")
