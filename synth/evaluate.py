@@ -46,7 +46,7 @@ class CaseScore:
 
 @dataclass(frozen=True, slots=True)
 class Views:
-    """Central coronal and sagittal planes (HU) of one case, for figures."""
+    """The central coronal plane and a sagittal plane through one lung (HU) of one case, for figures."""
 
     case: str
     coronal: dict[str, npt.NDArray[np.float32]]
@@ -101,7 +101,7 @@ def _views(case: EvalCase, volumes: Mapping[str, CTVolume]) -> Views:
     for name, v in volumes.items():
         _, y, x = v.shape
         coronal[name] = np.ascontiguousarray(v.hu[:, y // 2, :])
-        sagittal[name] = np.ascontiguousarray(v.hu[:, :, x // 2])
+        sagittal[name] = np.ascontiguousarray(v.hu[:, :, int(0.32 * x)])     # through a lung, not the spine
         dz[name] = v.spacing_mm[0]
     return Views(case.name, coronal, sagittal, dz, case.thick.spacing_mm[2])
 

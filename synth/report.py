@@ -75,7 +75,12 @@ def views_figure(views: Views, path: Path) -> None:
 
     order = [THICK] + [m for m in views.coronal if m not in (THICK, TRUTH)] + [TRUTH]
     names = [n for n in order if n in views.coronal]
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.4), squeeze=False)
+    truth_name = names[-1]
+    rows, cols = views.coronal[truth_name].shape
+    aspect = rows * views.z_spacing_mm[truth_name] / (cols * views.pixel_mm)     # height / width of a panel
+    panel_w = 3.2
+    fig, axes = plt.subplots(2, len(names), figsize=(panel_w * len(names), 2 * (panel_w * aspect + 0.5)),
+                             squeeze=False)
     for col, name in enumerate(names):
         _show(axes[0][col], views.coronal[name], views.z_spacing_mm[name], views.pixel_mm, f"{name}, coronal")
         _show(axes[1][col], views.sagittal[name], views.z_spacing_mm[name], views.pixel_mm, f"{name}, sagittal")
