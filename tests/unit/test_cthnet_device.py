@@ -1,0 +1,67 @@
+"""Device and precision selection; GPU parity and speed checks (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from synth.device import DeviceUnavailableError, resolve_device, resolve_precision
+from synth.engine import CTHNetSynthesizer
+from synth.nets import CTHNet, CTHNetSpec
+from synth.volume import CTVolume
+
+TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
+                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_auto_and_cpu() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_cpu_precision_is_fp32_unless_asked() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") is None and resolve_precision(cpu, "fp32") is None
+    assert resolve_precision(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match=r"precision 'fp16' needs a CUDA device; use fp32 or bf16 on CPU"):
+        resolve_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match=r"precision must be one of"):
+        resolve_precision(cpu, "half")
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "CUDA", "mps"])
+def test_unknown_device_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"device must be auto, cpu, cuda or cuda:N, got '{name}'"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without CUDA")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_a_named_error(name: str) -> None:
+    with pytest.raises(DeviceUnavailableError, match=rf"device '{name}' requested but CUDA is not available"):
+        resolve_device(name)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_bf16_matches_fp32() -> None:
+    torch.manual_seed(0)
+    model = CTHNet(TINY)
+    rng = np.random.default_rng(0)
+    volume = CTVolume(rng.uniform(-1000, 1000, (6, 70, 50)).astype(np.float32), (5.0, 0.7, 0.7))
+    fp32 = CTHNetSynthesizer(model, weights_sha256="", device="cuda", precision="fp32", batch_size=4)(volume)
+    bf16 = CTHNetSynthesizer(model, weights_sha256="", device="cuda", precision="bf16", batch_size=4)(volume)
+    cpu = CTHNetSynthesizer(model.cpu(), weights_sha256="", device="cpu")(volume)
+    np.testing.assert_allclose(fp32.hu, cpu.hu, atol=1.0)
+    assert float(np.abs(bf16.hu - fp32.hu).mean()) < 10.0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_default_spec_window_runs() -> None:
+    model = CTHNet(CTHNetSpec()).cuda().eval()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 1, 8, 256, 256, device="cuda"))
+    assert out.shape == (2, 1, 30, 256, 256)
