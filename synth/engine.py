@@ -90,7 +90,7 @@ class CTHNetSynthesizer:
                                       weights_sha256=weights_sha256, is_model=True)
 
     @classmethod
-    def from_config(cls, cfg: SynthConfig) -> CTHNetSynthesizer:
+    def from_config(cls, cfg: SynthConfig, *, precision: str = "auto") -> CTHNetSynthesizer:
         """Load weights (our checkpoint or the official .pkl), check them, and place the model.
 
         CPU runs one window at a time (larger batches gain nothing there and cost 2.5 GB each);
@@ -104,7 +104,7 @@ class CTHNetSynthesizer:
         n_params = sum(p.numel() for p in model.parameters())
         name = (f"CTHNet thick-to-thin CT synthesis (Yu et al., npj Digit. Med. 2024), "
                 f"{weights.source} weights, {n_params} parameters")
-        return cls(model, weights_sha256=weights.sha256, name=name, device=str(device),
+        return cls(model, weights_sha256=weights.sha256, name=name, device=str(device), precision=precision,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
                    min_spacing_mm=cfg.min_input_spacing_mm, max_spacing_mm=cfg.max_input_spacing_mm)
 

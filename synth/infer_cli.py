@@ -1,0 +1,134 @@
+"""`python -m synth infer INPUT OUTPUT --weights W`: thick-slice volume in, thin-slice NIfTI out.
+
+INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series (read with SimpleITK). The
+output keeps the input's origin and direction; its slice spacing is the input's divided by 5, and
+thin slice 0 lies on thick slice 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+class InputError(ValueError):
+    """The input cannot be read as one 3-D CT volume."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="thick-slice volume: NIfTI/NRRD/MHA file or DICOM series folder")
+    parser.add_argument("output", type=Path, help="thin-slice output (.nii.gz, .nii, .nrrd or .mha)")
+    parser.add_argument("--weights", required=True, help="our checkpoint (.pt) or the official CTHNet .pkl")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per batch on CUDA (CPU uses 1)")
+    parser.add_argument("--series", default=None, help="SeriesInstanceUID to read when a folder holds several")
+    parser.add_argument("--min-spacing-mm", type=float, default=4.0, help="smallest slice spacing accepted")
+    parser.add_argument("--max-spacing-mm", type=float, default=6.0, help="largest slice spacing accepted")
+    parser.add_argument("--intensity", default="hu", choices=("hu", "unit"),
+                        help="input values: HU, or already windowed to [0, 1] (as in RPLHR-CT); output alike")
+    parser.add_argument("--dtype", default="int16", choices=("int16", "float32"),
+                        help="output voxel type (int16 is rounded HU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+    from tqdm import tqdm
+
+    from synth.checkpoint import CheckpointError
+    from synth.config import SynthConfig
+    from synth.device import DeviceUnavailableError
+    from synth.engine import CTHNetSynthesizer, UnsupportedSpacingError
+    from synth.normalize import HU_MIN, HU_RANGE
+    from synth.volume import CTVolume
+
+    output: Path = args.output
+    if not output.name.endswith(OUTPUT_SUFFIXES):
+        return _fail(f"output must end in one of {', '.join(OUTPUT_SUFFIXES)}, got {output.name!r}")
+    try:
+        image = read_image(args.input, args.series)
+        cfg = SynthConfig(backend="cthnet", weights=args.weights, device=args.device, batch_size=args.batch_size,
+                          min_input_spacing_mm=args.min_spacing_mm, max_input_spacing_mm=args.max_spacing_mm)
+        synthesizer = CTHNetSynthesizer.from_config(cfg, precision=args.precision)
+    except (InputError, CheckpointError, DeviceUnavailableError, ValueError) as exc:
+        return _fail(str(exc))
+
+    sx, sy, sz = image.GetSpacing()
+    values = sitk.GetArrayFromImage(image).astype(np.float32)          # (z, y, x)
+    if args.intensity == "unit":
+        values = values * np.float32(HU_RANGE) + np.float32(HU_MIN)
+    volume = CTVolume(values, (float(sz), float(sy), float(sx)))
+    bar = tqdm(total=len(synthesizer.plan(volume.shape)), unit="window", disable=args.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        thin = synthesizer(volume, progress=progress)
+    except UnsupportedSpacingError as exc:
+        return _fail(str(exc))
+    finally:
+        bar.close()
+    result = thin.hu
+    if args.intensity == "unit":
+        result = (result - np.float32(HU_MIN)) / np.float32(HU_RANGE)
+        if args.dtype == "int16":
+            return _fail("--dtype int16 cannot hold [0, 1] values; use --dtype float32 with --intensity unit")
+    data = np.rint(result).astype(np.int16) if args.dtype == "int16" else result.astype(np.float32)
+    out = sitk.GetImageFromArray(data)
+    out.SetSpacing((sx, sy, thin.spacing_mm[0]))
+    out.SetOrigin(image.GetOrigin())                                    # thin slice 0 = thick slice 0
+    out.SetDirection(image.GetDirection())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(output), useCompression=output.name.endswith(".gz"))
+    print(f"{args.input} -> {output}: {volume.shape[0]} slices at {sz:g} mm -> {thin.shape[0]} at "
+          f"{thin.spacing_mm[0]:g} mm ({synthesizer.identity.backend}, weights sha256 "
+          f"{synthesizer.identity.weights_sha256[:12]})")
+    return 0
+
+
+def read_image(path: Path, series_uid: str | None = None) -> sitk.Image:
+    """A 3-D SimpleITK image from a file or a DICOM series folder; InputError with a reason otherwise."""
+    import SimpleITK as sitk
+
+    if not path.exists():
+        raise InputError(f"input {path} does not exist")
+    try:
+        if path.is_dir():
+            ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+            if not ids:
+                raise InputError(f"input folder {path} holds no DICOM series")
+            if series_uid is None and len(ids) > 1:
+                raise InputError(f"input folder {path} holds {len(ids)} DICOM series; choose one with --series")
+            chosen = series_uid or ids[0]
+            if chosen not in ids:
+                raise InputError(f"series {chosen} is not in {path}")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), chosen))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {path}: {first}") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"input {path} must be a 3-D single-channel volume, got {image.GetDimension()}-D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+    if image.GetSize()[2] < 2:
+        raise InputError(f"input {path} has {image.GetSize()[2]} slice(s); synthesis needs at least 2")
+    return cast("sitk.Image", image)
+
+
+def _fail(message: str) -> int:
+    print(f"synth infer: error: {message}", file=sys.stderr)
+    return 2
