@@ -32,6 +32,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 
 from dicom_node.config import NodeSection
 from dicom_node.netutil import VERIFICATION, server_tls_context, set_nodelay
@@ -65,6 +66,7 @@ TRANSFER_SYNTAXES: list[UID] = [
     HTJ2K,
 ]
 
+FILE_PREAMBLE = b"\x00" * 128 + b"DICM"
 REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED = 0x01, 0x01, 0x03
 
 OnStored = Callable[[StoredInstance, str], None]
@@ -161,7 +163,10 @@ class StoreSCP:
                            calling_ae, sop_uid, requested)
             return self._refuse(STATUS_DATASET_MISMATCH)
         try:
-            stored = self._spool.put(study_uid, series_uid, sop_uid, event.encoded_dataset())
+            # The bytes as received, behind a file meta header: no decode, no re-encode, no copy.
+            header = FILE_PREAMBLE + encode_file_meta(event.file_meta)
+            with event.request.DataSet.getbuffer() as body:  # type: ignore[union-attr]
+                stored = self._spool.put(study_uid, series_uid, sop_uid, (header, body))
             self._on_stored(stored, calling_ae)
         except OSError as exc:
             logger.error("could not store instance %s of series %s: %s", sop_uid, series_uid, exc.strerror)

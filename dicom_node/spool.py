@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +26,26 @@ class StoredInstance:
     digest: str          # sha256 of the stored bytes
 
 
-def atomic_write(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
-    """Write `data` to `path` so that a reader sees either nothing or all of it."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], fsync: bool = True) -> None:
+    """Write `data` (one buffer or several, written in order) so a reader sees nothing or all of it."""
+    parts = [data] if isinstance(data, bytes | memoryview) else list(data)
+    tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")   # unique per writing thread
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        try:
+            total = sum(len(p) for p in parts)
+            written = os.writev(fd, parts)
+            if written != total:                    # a short write: finish part by part
+                view = memoryview(b"".join(parts))[written:]
+                while view:
+                    view = view[os.write(fd, view):]
             if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -50,13 +59,18 @@ class Spool:
         for d in (self.incoming, self.rejected, self.derived):
             d.mkdir(parents=True, exist_ok=True)
 
-    def put(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes | memoryview) -> StoredInstance:
-        """Store one instance's bytes (UIDs must already be checked with `uids.checked_uid`)."""
+    def put(self, study_uid: str, series_uid: str, sop_uid: str,
+            data: bytes | memoryview | Sequence[bytes | memoryview]) -> StoredInstance:
+        """Store one instance's bytes, given whole or in parts (UIDs already checked with `checked_uid`)."""
+        parts = [data] if isinstance(data, bytes | memoryview) else list(data)
         folder = self.incoming / series_uid
         folder.mkdir(exist_ok=True)
         path = folder / f"{sop_uid}.dcm"
-        atomic_write(path, data, fsync=self._fsync)
-        return StoredInstance(study_uid, series_uid, sop_uid, path, len(data), hashlib.sha256(data).hexdigest())
+        atomic_write(path, parts, fsync=self._fsync)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        return StoredInstance(study_uid, series_uid, sop_uid, path, sum(len(p) for p in parts), digest.hexdigest())
 
     def instance_files(self, series_uid: str) -> list[Path]:
         """Every file held for a series: newly received ones win over older rejected copies."""
