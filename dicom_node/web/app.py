@@ -1,0 +1,110 @@
+"""The ASGI app: pages, JSON API, health and metrics over one running `Node`.
+
+`build_app(node)` wires the routes; `WebContext` holds what they share (auth, the read engine, the
+preview cache, templates). Handlers that touch the database or files are plain functions, which
+Starlette runs in its thread pool, so the event loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicom_node.web import api, pages
+from dicom_node.web.context import HERE, WebContext, context_of
+from dicom_node.web.status import readiness
+
+if TYPE_CHECKING:
+    from dicom_node.app import Node
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy",
+     b"default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'"),
+]
+
+
+class SecurityHeaders:
+    """Adds the headers above to every response, and `Cache-Control: no-store` to pages and API."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", [])) + SECURITY_HEADERS
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# -- health and metrics (no login: load balancers and Prometheus poll these) ------------------------
+def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+def readyz(request: Request) -> Response:
+    ctx = context_of(request)
+    checks = readiness(ctx.node, ctx.engine)
+    ready = all(c.ok for c in checks)
+    body = {"ready": ready, "checks": [dataclasses.asdict(c) for c in checks],
+            "reasons": [c.detail for c in checks if not c.ok]}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def metrics(request: Request) -> Response:
+    ctx = context_of(request)
+    identity = ctx.identify(request)
+    if not ctx.auth.can_read(identity):
+        return JSONResponse({"error": "login required (web.public_read is false): send a bearer token"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return Response(ctx.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(node: Node) -> Starlette:
+    routes = [
+        Route("/", pages.overview, name="overview"),
+        Route("/series", pages.series_list, name="series_list"),
+        Route("/series/{series_uid}", pages.series_page, name="series_page"),
+        Route("/series/{series_uid}/preview/{which}/{view}.png", api.preview, name="preview"),
+        Route("/series/{series_uid}/{action}", pages.action, methods=["POST"], name="series_action"),
+        Route("/destinations", pages.destinations, name="destinations"),
+        Route("/login", pages.login_form, methods=["GET"], name="login"),
+        Route("/login", pages.login_submit, methods=["POST"]),
+        Route("/logout", pages.logout, methods=["POST"], name="logout"),
+        Route("/api", pages.api_docs, name="api_docs"),
+        Route("/api/openapi.json", api.openapi, name="openapi"),
+        Route("/api/overview", api.overview),
+        Route("/api/series", api.series_list),
+        Route("/api/series/{series_uid}", api.series),
+        Route("/api/series/{series_uid}/preview/{which}/{view}.png", api.preview),
+        Route("/api/series/{series_uid}/{action}", api.action, methods=["POST"]),
+        Route("/api/destinations", api.destinations),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.state.ctx = WebContext(node)
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,242 @@
+"""What the web handlers share: the node, auth, the read engine, the preview cache, templates."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import pydicom
+from starlette.requests import Request
+from starlette.templating import Jinja2Templates
+
+from dicom_node.web import queries
+from dicom_node.web.auth import Auth, Identity
+from dicom_node.web.preview import VIEWS, SectionCache, png_bytes, render
+from dicom_node.web.queries import SendView, SeriesView, Throughput, read_engine
+from dicom_node.web.status import (
+    Check,
+    DestinationInfo,
+    DiskInfo,
+    DiskProbe,
+    HeaderInfo,
+    ModelInfo,
+    PatientInfo,
+    destinations,
+    header_info,
+    model_info,
+    patient_info,
+    readiness,
+    software_version,
+)
+from dicom_node.write import derived_files
+
+if TYPE_CHECKING:
+    from dicom_node.app import Node
+
+HERE = Path(__file__).resolve().parent
+WHICH = ("input", "output")
+
+
+class NotFoundError(LookupError):
+    """No such series, or its files are gone; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeFacts:
+    ae_title: str
+    dicom_port: int | None
+    receiving: bool
+    processing: bool
+    version: str
+    owner: str
+    started_at: float
+    database: str
+    public_read: bool
+    actions_enabled: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overview:
+    node: NodeFacts
+    model: ModelInfo
+    disk: DiskInfo
+    series_by_state: dict[str, int]
+    sends_by_destination: dict[str, dict[str, int]]
+    destinations: list[DestinationInfo]
+    last_hour: Throughput
+    last_day: Throughput
+    checks: list[Check]
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SeriesDetail:
+    series: SeriesView
+    header: HeaderInfo | None
+    patient: PatientInfo | None
+    input_files: int
+    output_files: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DestinationView:
+    info: DestinationInfo
+    counts: dict[str, int]
+    active: list[SendView]
+    failed: list[SendView]
+
+
+def _fmt_time(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _fmt_duration(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60)} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60)} min"
+
+
+def _fmt_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _short_uid(uid: str, keep: int = 14) -> str:
+    return uid if len(uid) <= 2 * keep + 1 else f"{uid[:keep]}…{uid[-keep:]}"
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(ts=_fmt_time, dur=_fmt_duration, size=_fmt_bytes, short=_short_uid)
+    return Jinja2Templates(env=env)
+
+
+class WebContext:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.auth = Auth(node.cfg.web)
+        self.engine = read_engine(node.ledger.engine)
+        self.sections = SectionCache()
+        self.disk = DiskProbe(node)
+        self.templates = _templates()
+        self.started_at = time.time()
+
+    def close(self) -> None:
+        if self.engine is not self.node.ledger.engine:
+            self.engine.dispose()
+
+    def identify(self, request: Request) -> Identity:
+        return self.auth.identify(request)
+
+    def who(self, request: Request, identity: Identity) -> str:
+        client = request.client.host if request.client is not None else "?"
+        return f"{identity.via or 'anonymous'} from {client}"
+
+    # -- data shared by the pages and the API ------------------------------------------------------
+    def node_facts(self) -> NodeFacts:
+        node = self.node
+        try:
+            port = node.scp.port if node.scp is not None else None
+        except RuntimeError:
+            port = None
+        return NodeFacts(node.cfg.node.ae_title, port, node.cfg.node.receive, node.cfg.node.process,
+                         software_version(), node.owner, self.started_at, self.engine.url.get_backend_name(),
+                         self.auth.public_read, self.auth.actions_enabled)
+
+    def overview(self) -> Overview:
+        now = self.node.clock()
+        return Overview(
+            node=self.node_facts(), model=model_info(self.node), disk=self.disk(),
+            series_by_state=queries.series_counts(self.engine),
+            sends_by_destination=queries.send_counts(self.engine, self.node.cfg.destination_names()),
+            destinations=destinations(self.node),
+            last_hour=queries.throughput(self.engine, now, 3600.0),
+            last_day=queries.throughput(self.engine, now, 86400.0),
+            checks=readiness(self.node, self.engine))
+
+    def _files(self, view: SeriesView, which: str) -> list[Path]:
+        if which == "input":
+            return self.node.spool.instance_files(view.series_uid)
+        if which == "output":
+            if not view.derived_series_uid:
+                return []
+            return derived_files(self.node.spool.derived_dir(view.derived_series_uid))
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+
+    def series_detail(self, series_uid: str, identity: Identity) -> SeriesDetail:
+        view = queries.get_series(self.engine, series_uid)
+        if view is None:
+            raise NotFoundError(f"no series {series_uid} in the ledger")
+        inputs, outputs = self._files(view, "input"), self._files(view, "output")
+        header = patient = None
+        first = inputs[0] if inputs else (outputs[0] if outputs else None)
+        if first is not None:
+            try:
+                header = header_info(first)
+                if self.auth.patient_data_visible(identity):
+                    patient = patient_info(first)
+            except (OSError, pydicom.errors.InvalidDicomError):
+                header = patient = None
+        return SeriesDetail(view, header, patient, len(inputs), len(outputs))
+
+    def destination_views(self) -> list[DestinationView]:
+        counts = queries.send_counts(self.engine, self.node.cfg.destination_names())
+        out = []
+        infos = {d.name: d for d in destinations(self.node)}
+        for name in counts:
+            info = infos.get(name, DestinationInfo(name, "removed", "no longer in the config"))
+            out.append(DestinationView(
+                info, counts[name],
+                queries.send_jobs(self.engine, destination=name, states=queries.ACTIVE_SEND_STATES),
+                queries.send_jobs(self.engine, destination=name, states=("failed",))))
+        return out
+
+    def preview_png(self, series_uid: str, which: str, view_name: str) -> bytes:
+        """A PNG section; NotFoundError when the series or its files are gone, PreviewError when unreadable."""
+        if which not in WHICH:
+            raise NotFoundError(f"no preview {which!r}: use one of {WHICH}")
+        if view_name not in VIEWS:
+            raise NotFoundError(f"no view {view_name!r}: use one of {VIEWS}")
+        view = queries.get_series(self.engine, series_uid)
+        if view is None:
+            raise NotFoundError(f"no series {series_uid} in the ledger")
+        files = self._files(view, which)
+        if not files:
+            raise NotFoundError(f"the {which} files of series {series_uid} are not held (any more)")
+        # Keyed by what changes when the files change: new instances, or a new synthesis.
+        if which == "input":
+            key: tuple[object, ...] = (series_uid, which, view.instance_count, view.last_received_at)
+        else:
+            key = (series_uid, which, view.derived_series_uid, view.derived_count, view.synth_seconds)
+        sections = self.sections.get(key, files)
+        return png_bytes(render(sections, view_name))
+
+
+def context_of(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+def series_json(view: SeriesView) -> dict[str, Any]:
+    data = dataclasses.asdict(view)
+    data["receive_seconds"] = view.receive_seconds
+    data["total_seconds"] = view.total_seconds
+    return data

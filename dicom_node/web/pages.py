@@ -1,0 +1,184 @@
+"""Server-rendered pages: overview, series list, series with previews, destinations, login, API docs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from dicom_node.web import queries
+from dicom_node.web.actions import ACTIONS, ActionError, perform
+from dicom_node.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, Identity
+from dicom_node.web.context import NotFoundError, WebContext, context_of
+from dicom_node.web.openapi import openapi_document
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 50
+MAX_FORM_BYTES = 4096
+FAILED_LOGIN_DELAY_S = 1.0
+
+
+def _render(request: Request, ctx: WebContext, identity: Identity, template: str, status: int = 200,
+            **values: Any) -> Response:
+    context = {
+        "title": values.pop("title", ""), "identity": identity, "ae_title": ctx.node.cfg.node.ae_title,
+        "actions_enabled": ctx.auth.actions_enabled, "csrf": ctx.auth.csrf_token(identity),
+        "csrf_field": CSRF_FIELD, "message": request.query_params.get("msg", ""), "refresh_s": 0,
+        "version": ctx.node_facts().version, "path": request.url.path, **values,
+    }
+    return ctx.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def _login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _reader(request: Request) -> tuple[WebContext, Identity | Response]:
+    ctx = context_of(request)
+    identity = ctx.identify(request)
+    if not ctx.auth.can_read(identity):
+        return ctx, _login_redirect(request)
+    return ctx, identity
+
+
+def _error_page(request: Request, ctx: WebContext, identity: Identity, status: int, message: str) -> Response:
+    return _render(request, ctx, identity, "error.html", status=status, title="Error", error=message)
+
+
+def overview(request: Request) -> Response:
+    ctx, identity = _reader(request)
+    if isinstance(identity, Response):
+        return identity
+    return _render(request, ctx, identity, "overview.html", title="Overview", o=ctx.overview(), refresh_s=30)
+
+
+def series_list(request: Request) -> Response:
+    ctx, identity = _reader(request)
+    if isinstance(identity, Response):
+        return identity
+    state = request.query_params.get("state") or None
+    try:
+        page = max(1, int(request.query_params.get("page", "1")))
+        rows, total = queries.list_series(ctx.engine, state=state, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    except ValueError as exc:
+        return _error_page(request, ctx, identity, 400, str(exc))
+    return _render(request, ctx, identity, "series_list.html", title="Series", rows=rows, total=total,
+                   page=page, pages=max(1, -(-total // PAGE_SIZE)), state=state or "",
+                   counts=queries.series_counts(ctx.engine), states=queries.SERIES_STATES)
+
+
+def series_page(request: Request) -> Response:
+    ctx, identity = _reader(request)
+    if isinstance(identity, Response):
+        return identity
+    uid = request.path_params["series_uid"]
+    try:
+        detail = ctx.series_detail(uid, identity)
+    except NotFoundError as exc:
+        return _error_page(request, ctx, identity, 404, str(exc))
+    state = detail.series.state
+    allowed = {
+        "retry": state in ("failed", "rejected"),
+        "resend": state in ("done", "failed") and bool(detail.series.sends),
+        "discard": state in ("done", "failed", "rejected"),
+    }
+    return _render(request, ctx, identity, "series.html", title=f"Series {uid}", d=detail, s=detail.series,
+                   allowed=allowed, destination_names=ctx.node.cfg.destination_names(),
+                   show_patient=ctx.auth.patient_data_visible(identity), quote=quote)
+
+
+def destinations(request: Request) -> Response:
+    ctx, identity = _reader(request)
+    if isinstance(identity, Response):
+        return identity
+    return _render(request, ctx, identity, "destinations.html", title="Destinations",
+                   views=ctx.destination_views(), now=ctx.node.clock())
+
+
+def api_docs(request: Request) -> Response:
+    ctx = context_of(request)
+    return _render(request, ctx, ctx.identify(request), "api.html", title="API", doc=openapi_document())
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """An application/x-www-form-urlencoded body as single values (None when too large)."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return None
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+
+def _safe_next(target: str) -> str:
+    """Only our own paths: no scheme, no host, no protocol-relative `//`."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def login_form(request: Request) -> Response:
+    ctx = context_of(request)
+    return _render(request, ctx, ctx.identify(request), "login.html", title="Log in",
+                   next=_safe_next(request.query_params.get("next", "/")), failed=False)
+
+
+async def login_submit(request: Request) -> Response:
+    ctx = context_of(request)
+    form = await _form(request)
+    if form is None:
+        return HTMLResponse("request body too large", status_code=413)
+    target = _safe_next(form.get("next", "/"))
+    if not ctx.auth.actions_enabled:
+        return _render(request, ctx, ctx.identify(request), "login.html", status=403, title="Log in",
+                       next=target, failed=True)
+    if not ctx.auth.token_valid(form.get("token", "")):
+        client = request.client.host if request.client is not None else "?"
+        logger.warning("web: failed login from %s", client)
+        await run_in_threadpool(time.sleep, FAILED_LOGIN_DELAY_S)   # slows guessing
+        return _render(request, ctx, ctx.identify(request), "login.html", status=401, title="Log in",
+                       next=target, failed=True)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, ctx.auth.issue_session(), max_age=SESSION_MAX_AGE_S, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https", path="/")
+    logger.info("web: login from %s", request.client.host if request.client is not None else "?")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    ctx = context_of(request)
+    ctx.auth.revoke(ctx.identify(request))
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def action(request: Request) -> Response:
+    """A form's POST /series/{uid}/{retry|resend|discard}: login and the session's CSRF value needed."""
+    ctx = context_of(request)
+    identity = ctx.identify(request)
+    uid, name = request.path_params["series_uid"], request.path_params["action"]
+    if name not in ACTIONS:
+        return _error_page(request, ctx, identity, 404, f"no action {name!r}")
+    if not ctx.auth.actions_enabled:
+        return _error_page(request, ctx, identity, 403, "actions are disabled: web.token is empty in the config")
+    if not identity.logged_in:
+        return RedirectResponse(f"/login?{urlencode({'next': f'/series/{quote(uid)}'})}", status_code=303)
+    form = await _form(request)
+    if form is None:
+        return _error_page(request, ctx, identity, 413, "request body too large")
+    if not ctx.auth.csrf_valid(identity, form.get(CSRF_FIELD, "")):
+        return _error_page(request, ctx, identity, 403, "the form has expired: reload the page and try again")
+    if name == "discard" and form.get("confirm") != "yes":
+        return _error_page(request, ctx, identity, 400, "discarding needs the confirmation box ticked")
+    destination = form.get("destination") or None
+    try:
+        result = await run_in_threadpool(perform, ctx.node, name, uid, destination=destination,
+                                          who=ctx.who(request, identity))
+    except ActionError as exc:
+        return _error_page(request, ctx, identity, exc.status, exc.message)
+    where = "/series" if name == "discard" else f"/series/{quote(uid)}"
+    return RedirectResponse(f"{where}?{urlencode({'msg': f'{name}: {result.message}'})}", status_code=303)
