@@ -23,11 +23,12 @@ from pynetdicom import _config as pynetdicom_config
 from dicom_node.assemble import assemble, read_headers
 from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
 from dicom_node.errors import InvalidSeriesError
-from dicom_node.ledger import BackoffPolicy, JobState, Ledger, SendClaim, SeriesClaim, open_engine
+from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SendClaim, SeriesClaim, open_engine
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StoreSCP
+from dicom_node.record import InstanceRecorder, reconcile_spool
 from dicom_node.send import SendReport, remove_derived, send_dicom, send_folder
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.write import derived_files, write_derived_series
@@ -85,6 +86,7 @@ class Node:
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
         self.backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
         self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.disk_watermark)
+        self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
         self.scp: StoreSCP | None = None
         if cfg.node.receive:
             self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
@@ -100,6 +102,7 @@ class Node:
     def start(self) -> None:
         pynetdicom_config.PASS_CONTEXTVARS = True
         self._recover()
+        self.recorder.start()
         self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
                                 id="complete-due")
         self._scheduler.add_job(self._heartbeat, "interval", seconds=self.lease_s / 4, max_instances=1,
@@ -130,6 +133,7 @@ class Node:
         """Stop accepting, let in-flight stores finish, stop the workers, release our leases."""
         if self.scp is not None:
             self.scp.drain(drain_s)
+        self.recorder.stop(drain_s)
         if self.web is not None:
             self.web.stop()
         self._stop.set()
@@ -159,11 +163,16 @@ class Node:
                 n = self.ledger.release_owner(owner, now)
                 logger.warning("recovered %d job(s) left by stopped process %s", n, owner)
         self.ledger.reclaim_expired(now)
+        if self.cfg.node.receive:
+            reconcile_spool(self.spool, self.ledger, self.cfg.series.quiet_period_s, now)
 
     # -- receive -----------------------------------------------------------------------------
     def _on_stored(self, stored: StoredInstance, calling_ae: str) -> None:
-        outcome = self.ledger.record_instance(stored, self.clock(), self.cfg.series.quiet_period_s, calling_ae)
-        self.metrics.instances.labels(outcome.value).inc()
+        self.recorder.put(stored, calling_ae)
+
+    def _count_outcomes(self, outcomes: list[RecordOutcome]) -> None:
+        for outcome in outcomes:
+            self.metrics.instances.labels(outcome.value).inc()
 
     # -- timers ------------------------------------------------------------------------------
     def _complete_due(self) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Engine,
     Float,
     ForeignKey,
@@ -91,6 +92,7 @@ class InstanceRow(Base):
     digest: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[float] = mapped_column(Float)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)   # of the spool file, to reconcile after a crash
 
 
 class SendJobRow(Base):
@@ -215,47 +217,77 @@ class Ledger:
     # -- receiving ---------------------------------------------------------------------------
     def record_instance(self, stored: StoredInstance, now: float, quiet_s: float,
                         calling_ae: str = "") -> RecordOutcome:
-        """Note one stored instance and push the series' completion deadline forward.
+        """Note one stored instance received at `now`; see `record_instances`."""
+        return self.record_instances([(stored, now, calling_ae)], quiet_s)[0]
+
+    def record_instances(self, batch: Sequence[tuple[StoredInstance, float, str]],
+                         quiet_s: float) -> list[RecordOutcome]:
+        """Note stored instances (each with its receive time and calling AE) in one transaction, and
+        push each series' completion deadline forward.
 
         Re-send policy: identical bytes change nothing; a new or changed instance of a series that
         was already processed re-opens it (the derived series is rebuilt with the same UIDs).
         """
+        outcomes: list[RecordOutcome] = []
         with self._tx() as s:
-            series = s.get(SeriesRow, stored.series_uid)
-            inst = s.get(InstanceRow, (stored.series_uid, stored.sop_uid))
-            if inst is not None and inst.digest == stored.digest:
-                outcome = RecordOutcome.DUPLICATE
-            elif inst is not None:
-                outcome = RecordOutcome.CHANGED
-                inst.digest, inst.size, inst.received_at = stored.digest, stored.size, now
-            else:
-                outcome = RecordOutcome.NEW
-            if series is None:
-                series = SeriesRow(series_uid=stored.series_uid, study_uid=stored.study_uid,
-                                   state=SeriesState.RECEIVING, first_received_at=now, last_received_at=now,
-                                   deadline_at=now + quiet_s, calling_ae=calling_ae, updated_at=now,
-                                   instance_count=0, duplicate_count=0, generation=0, processed_generation=0,
-                                   reason="", detail="", derived_series_uid="", derived_count=0)
-                s.add(series)
-                s.flush()
-            if outcome is RecordOutcome.NEW:
-                s.add(InstanceRow(series_uid=stored.series_uid, sop_uid=stored.sop_uid, digest=stored.digest,
-                                  size=stored.size, received_at=now))
-                series.instance_count += 1
-            if outcome is RecordOutcome.DUPLICATE:
-                series.duplicate_count += 1
-            else:
-                series.generation += 1
-            series.last_received_at = now
-            series.updated_at = now
-            if series.state == SeriesState.RECEIVING:
-                series.deadline_at = now + quiet_s
-            elif series.state == SeriesState.COMPLETE and outcome is not RecordOutcome.DUPLICATE:
-                series.state, series.deadline_at = SeriesState.RECEIVING, now + quiet_s   # not started yet
-            elif series.state in TERMINAL and outcome is not RecordOutcome.DUPLICATE:
-                series.state, series.reason, series.detail = SeriesState.RECEIVING, "", ""
-                series.deadline_at = now + quiet_s
-            return outcome
+            series_uids = {stored.series_uid for stored, _, _ in batch}
+            # Load the batch's rows once; the per-item gets below are then served from the session.
+            list(s.scalars(select(SeriesRow).where(SeriesRow.series_uid.in_(series_uids))))
+            list(s.scalars(select(InstanceRow).where(
+                InstanceRow.series_uid.in_(series_uids),
+                InstanceRow.sop_uid.in_({stored.sop_uid for stored, _, _ in batch}))))
+            for stored, now, calling_ae in batch:
+                outcomes.append(self._record_one(s, stored, now, quiet_s, calling_ae))
+        return outcomes
+
+    @staticmethod
+    def _record_one(s: Session, stored: StoredInstance, now: float, quiet_s: float,
+                    calling_ae: str) -> RecordOutcome:
+        series = s.get(SeriesRow, stored.series_uid)
+        inst = s.get(InstanceRow, (stored.series_uid, stored.sop_uid))
+        if inst is not None and inst.digest == stored.digest:
+            outcome = RecordOutcome.DUPLICATE
+            inst.mtime_ns = stored.mtime_ns
+        elif inst is not None:
+            outcome = RecordOutcome.CHANGED
+            inst.digest, inst.size, inst.received_at = stored.digest, stored.size, now
+            inst.mtime_ns = stored.mtime_ns
+        else:
+            outcome = RecordOutcome.NEW
+        if series is None:
+            series = SeriesRow(series_uid=stored.series_uid, study_uid=stored.study_uid,
+                               state=SeriesState.RECEIVING, first_received_at=now, last_received_at=now,
+                               deadline_at=now + quiet_s, calling_ae=calling_ae, updated_at=now,
+                               instance_count=0, duplicate_count=0, generation=0, processed_generation=0,
+                               reason="", detail="", derived_series_uid="", derived_count=0)
+            s.add(series)
+            s.flush()                      # the series row before its instances (foreign key)
+        if outcome is RecordOutcome.NEW:
+            s.add(InstanceRow(series_uid=stored.series_uid, sop_uid=stored.sop_uid, digest=stored.digest,
+                              size=stored.size, received_at=now, mtime_ns=stored.mtime_ns))
+            series.instance_count += 1
+        if outcome is RecordOutcome.DUPLICATE:
+            series.duplicate_count += 1
+        else:
+            series.generation += 1
+        series.last_received_at = max(series.last_received_at, now)
+        series.updated_at = now
+        if series.state == SeriesState.RECEIVING:
+            series.deadline_at = max(series.deadline_at or 0.0, now + quiet_s)
+        elif series.state == SeriesState.COMPLETE and outcome is not RecordOutcome.DUPLICATE:
+            series.state, series.deadline_at = SeriesState.RECEIVING, now + quiet_s   # not started yet
+        elif series.state in TERMINAL and outcome is not RecordOutcome.DUPLICATE:
+            series.state, series.reason, series.detail = SeriesState.RECEIVING, "", ""
+            series.deadline_at = now + quiet_s
+        return outcome
+
+    def instance_stamps(self, series_uids: Sequence[str] | None = None) -> dict[tuple[str, str], int]:
+        """(series UID, SOP UID) → the spool file's mtime_ns when it was recorded (for reconciliation)."""
+        with self._tx() as s:
+            query = select(InstanceRow.series_uid, InstanceRow.sop_uid, InstanceRow.mtime_ns)
+            if series_uids is not None:
+                query = query.where(InstanceRow.series_uid.in_(series_uids))
+            return {(str(a), str(b)): int(m) for a, b, m in s.execute(query)}
 
     def complete_due(self, now: float) -> list[str]:
         """Series whose quiet period is over become `complete`; returns their UIDs."""

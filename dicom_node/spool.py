@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,13 @@ class StoredInstance:
     path: Path
     size: int
     digest: str          # sha256 of the stored bytes
+    mtime_ns: int = 0    # of the spool file, so a restart can tell recorded files from unrecorded ones
 
 
-def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], fsync: bool = True) -> None:
-    """Write `data` (one buffer or several, written in order) so a reader sees nothing or all of it."""
+def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], fsync: bool = True) -> int:
+    """Write `data` (one buffer or several, written in order) so a reader sees nothing or all of it.
+
+    Returns the file's mtime_ns."""
     parts = [data] if isinstance(data, bytes | memoryview) else list(data)
     tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")   # unique per writing thread
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -40,10 +43,12 @@ def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryv
                 while view:
                     view = view[os.write(fd, view):]
             if fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)
+            mtime_ns = os.fstat(fd).st_mtime_ns
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        return mtime_ns
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -66,11 +71,24 @@ class Spool:
         folder = self.incoming / series_uid
         folder.mkdir(exist_ok=True)
         path = folder / f"{sop_uid}.dcm"
-        atomic_write(path, parts, fsync=self._fsync)
+        mtime_ns = atomic_write(path, parts, fsync=self._fsync)
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part)
-        return StoredInstance(study_uid, series_uid, sop_uid, path, sum(len(p) for p in parts), digest.hexdigest())
+        return StoredInstance(study_uid, series_uid, sop_uid, path, sum(len(p) for p in parts), digest.hexdigest(),
+                              mtime_ns)
+
+    def incoming_files(self) -> Iterator[tuple[str, str, Path, int]]:
+        """(series UID, SOP UID, path, mtime_ns) of every received file; stray temp files are removed
+        (they were never acknowledged)."""
+        for series_dir in os.scandir(self.incoming):
+            if not series_dir.is_dir():
+                continue
+            for entry in os.scandir(series_dir.path):
+                if entry.name.startswith(".tmp-"):
+                    Path(entry.path).unlink(missing_ok=True)
+                elif entry.name.endswith(".dcm"):
+                    yield series_dir.name, entry.name[:-4], Path(entry.path), entry.stat().st_mtime_ns
 
     def instance_files(self, series_uid: str) -> list[Path]:
         """Every file held for a series: newly received ones win over older rejected copies."""

@@ -1,0 +1,26 @@
+"""Instances remember their spool file's mtime, so a restart can record files received just before a crash.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("instances") as batch:
+        batch.add_column(sa.Column("mtime_ns", sa.BigInteger(), nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("mtime_ns")
