@@ -78,7 +78,7 @@ class Node:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.spool = Spool(cfg.storage_dir)
+        self.spool = Spool(cfg.storage_dir, fsync=cfg.node.fsync)
         self.ledger = Ledger(open_engine(cfg.database_url))
         self.lease_s = cfg.database.lease_s
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)

@@ -42,6 +42,7 @@ class NodeSection:
     allow_any_caller: bool = False   # required for a non-loopback listener without an allow-list
     allowed_callers: list[str] = field(default_factory=list)   # "AE" or "AE@host"; empty = any
     disk_watermark: float = 0.95     # refuse stores (0xA700) above this fraction of the disk in use
+    fsync: bool = True               # flush each received file to disk before answering success
     receive: bool = True             # false: a worker that only synthesizes and sends
     process: bool = True             # false: a receiver that only stores and queues
     tls_cert: str = ""               # PEM certificate: the SCP speaks DICOM TLS when set

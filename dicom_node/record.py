@@ -22,6 +22,7 @@ from dicom_node.spool import Spool, StoredInstance
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+BATCH_WINDOW_S = 0.05
 RETRY_DELAY_S = 1.0
 
 
@@ -63,9 +64,12 @@ class InstanceRecorder:
                 batch = [self._queue.get(timeout=0.1)]
             except queue.Empty:
                 continue
-            while len(batch) < MAX_BATCH:
+            # Gather what arrives within a short window: one transaction for many instances costs
+            # far less than one each, and nothing waits on it (the sender already has its status).
+            window_ends = time.monotonic() + BATCH_WINDOW_S
+            while len(batch) < MAX_BATCH and (left := window_ends - time.monotonic()) > 0:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=left))
                 except queue.Empty:
                     break
             self._record(batch)
