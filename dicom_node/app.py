@@ -32,7 +32,7 @@ from dicom_node.record import InstanceRecorder, reconcile_spool
 from dicom_node.send import SendReport, remove_derived, send_dicom, send_folder
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.write import derived_files, write_derived_series
-from synth.synthesizer import Synthesizer, build_synthesizer
+from synth.synthesizer import SynthesisRefusedError, Synthesizer, build_synthesizer
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,10 @@ class Node:
             derived = write_derived_series(thin, source, self.synthesizer.identity, self.synthesizer.factor,
                                            self.spool.derived, self.cfg.node.uid_root,
                                            self.cfg.series.series_number_offset)
+        except SynthesisRefusedError as exc:
+            self._reject(claim, exc.reason, str(exc))
+            self.metrics.series.labels("rejected").inc()
+            return
         except InvalidSeriesError as exc:
             self._reject(claim, exc.reason, exc.detail)
             self.metrics.series.labels("rejected").inc()

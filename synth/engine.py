@@ -34,14 +34,14 @@ from synth.config import SynthConfig
 from synth.device import resolve_device, resolve_precision
 from synth.nets import CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
-from synth.synthesizer import ProgressCallback, SynthIdentity
+from synth.synthesizer import ProgressCallback, SynthesisRefusedError, SynthIdentity
 from synth.tiling import VolumePlan, plan_volume
 from synth.volume import CTVolume
 
 logger = logging.getLogger(__name__)
 
 
-class UnsupportedSpacingError(ValueError):
+class UnsupportedSpacingError(SynthesisRefusedError):
     """The input slice spacing is outside the range the model is applied to."""
 
     reason = "unsupported_spacing"

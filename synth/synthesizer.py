@@ -9,6 +9,16 @@ from typing import Protocol
 from synth.config import SynthConfig
 from synth.volume import CTVolume
 
+
+class SynthesisRefusedError(ValueError):
+    """A backend will not synthesize this volume (e.g. a spacing the model was not trained for).
+
+    `reason` is a machine-readable code; the node keeps the series with it.
+    """
+
+    reason = "synthesis_refused"
+
+
 ProgressCallback = Callable[[int, int], None]
 """Called as progress(done, total) while a volume is synthesized."""
 

@@ -1,0 +1,53 @@
+"""The node with `synth.backend = "cthnet"` (a tiny random CTHNet on CPU): the derived series carries the
+model's provenance and the weights' checksum; a spacing the model does not take is a named rejection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.ledger import SeriesState
+from synth.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
+from synth.nets.cthnet import CTHNet
+from synth.nets.spec import CTHNetSpec
+from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
+from tests.support.ct_series import make_ct_series
+
+TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
+                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, CTHNet(TINY), CheckpointMetadata(training_data="none: random weights for a test"))
+    return path
+
+
+def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingSCP, weights: Path) -> None:
+    node = node_factory(pacs=pacs, extra={"synth": {"backend": "cthnet", "weights": str(weights), "device": "cpu",
+                                                    "min_input_spacing_mm": 4.5}})
+    assert node.synthesizer.identity.is_model
+    source = make_ct_series(slices=4, rows=40, cols=48)
+    send_series(source, node.scp.port)
+    wait_until(lambda: len(pacs.received) == 16, timeout_s=60, what="16 derived instances")
+    ds = sorted(pacs.received, key=lambda d: int(d.InstanceNumber))[0]
+    sha = file_sha256(weights)
+    assert ds.SeriesDescription.startswith("SYNTH 1.0mm CTHNet")
+    assert sha in ds.DerivationDescription and "AI-synthesized" in ds.ImageComments
+    assert sha in list(ds.ContributingEquipmentSequence[0].SoftwareVersions)
+    assert (ds.Rows, ds.Columns) == (40, 48)
+
+    coarse = make_ct_series(slices=4, rows=40, cols=48, spacing_mm=4.2)   # in the node's range, not the model's
+    send_series(coarse, node.scp.port)
+    uid = str(coarse[0].SeriesInstanceUID)
+
+    def state() -> str:
+        summary = node.ledger.summary(uid)
+        return "" if summary is None else summary.state
+
+    wait_until(lambda: state() == SeriesState.REJECTED, timeout_s=60, what="rejection")
+    summary = node.ledger.summary(uid)
+    assert summary is not None and summary.reason == "unsupported_spacing"
+    assert "4.2 mm is outside 4.5-6 mm" in summary.detail
