@@ -275,7 +275,14 @@ def write_node_config(
     outbox: Path | None = None,
     quiet_period_s: float = 1,
     ae_title: str = NODE_AE,
+    send_timeout_s: float = 5.0,
+    send_retry_s: float = 1.0,
 ) -> None:
+    """The contract's TOML, plus short [send] timeouts so a failed C-STORE is retried within a test's time.
+
+    pynetdicom's requestor reactor can swallow a C-STORE response under load (its pause handshake in
+    association.py races with send_c_store), so a send may hang until the DIMSE timeout and be retried.
+    """
     lines = [
         "[node]",
         f"ae_title = {_toml_str(ae_title)}",
@@ -290,6 +297,10 @@ def write_node_config(
         "",
         "[synth]",
         'backend = "interpolation"',
+        "",
+        "[send]",
+        f"timeout_s = {send_timeout_s:g}",
+        f"retry_initial_s = {send_retry_s:g}",
     ]
     for peer in destinations:
         lines += [
