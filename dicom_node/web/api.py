@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicom_node.web import queries
-from dicom_node.web.actions import ACTIONS, ActionError, perform
+from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_HEADER, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of, series_json
 from dicom_node.web.openapi import openapi_document
@@ -128,19 +128,28 @@ def preview(request: Request) -> Response:
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
+def _actor(request: Request) -> tuple[WebContext, Identity | JSONResponse]:
+    """The context, and the caller if they may act (else the error to answer)."""
+    ctx = context_of(request)
+    if not ctx.auth.actions_enabled:
+        return ctx, error(403, "actions are disabled: web.token is empty in the config")
+    identity = ctx.identify(request)
+    if not identity.logged_in:
+        return ctx, error(401, "log in or send Authorization: Bearer <web.token>",
+                          **{"WWW-Authenticate": "Bearer"})
+    if not ctx.auth.csrf_valid(identity, request.headers.get(CSRF_HEADER, "")):
+        return ctx, error(403, f"a session caller must send its {CSRF_HEADER} header")
+    return ctx, identity
+
+
 async def action(request: Request) -> Response:
     """POST /api/series/{uid}/{retry|resend|discard}; bearer token, or session cookie + X-CSRF-Token."""
-    ctx = context_of(request)
     uid, name = request.path_params["series_uid"], request.path_params["action"]
     if name not in ACTIONS:
         return error(404, f"no action {name!r}: use one of {ACTIONS}")
-    if not ctx.auth.actions_enabled:
-        return error(403, "actions are disabled: web.token is empty in the config")
-    identity = ctx.identify(request)
-    if not identity.logged_in:
-        return error(401, "log in or send Authorization: Bearer <web.token>", **{"WWW-Authenticate": "Bearer"})
-    if not ctx.auth.csrf_valid(identity, request.headers.get(CSRF_HEADER, "")):
-        return error(403, f"a session caller must send its {CSRF_HEADER} header")
+    ctx, identity = _actor(request)
+    if isinstance(identity, Response):
+        return identity
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         return error(413, "request body too large")
@@ -155,6 +164,19 @@ async def action(request: Request) -> Response:
         destination = payload.get("destination") or destination
     try:
         result = await run_in_threadpool(perform, ctx.node, name, uid, destination=destination,
+                                          who=ctx.who(request, identity))
+    except ActionError as exc:
+        return error(exc.status, exc.message)
+    return JSONResponse(dataclasses.asdict(result))
+
+
+async def check(request: Request) -> Response:
+    """POST /api/destinations/{name}/check: C-ECHO a DICOM destination, or test that a folder is writable."""
+    ctx, identity = _actor(request)
+    if isinstance(identity, Response):
+        return identity
+    try:
+        result = await run_in_threadpool(check_destination, ctx.node, request.path_params["name"],
                                           who=ctx.who(request, identity))
     except ActionError as exc:
         return error(exc.status, exc.message)

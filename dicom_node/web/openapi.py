@@ -129,6 +129,9 @@ SCHEMAS: dict[str, Any] = {
     "Ready": {"type": "object", "required": ["ready", "checks", "reasons"],
               "properties": {"ready": {"type": "boolean"}, "checks": {"type": "array", "items": _ref("Check")},
                              "reasons": {"type": "array", "items": {"type": "string"}}}},
+    "CheckResult": {"type": "object", "required": ["destination", "ok", "message", "elapsed_ms"],
+                    "properties": {"destination": {"type": "string"}, "ok": {"type": "boolean"},
+                                   "message": {"type": "string"}, "elapsed_ms": {"type": "number"}}},
     "ActionResult": {"type": "object", "required": ["series_uid", "action", "message"],
                      "properties": {"series_uid": _UID, "action": {"type": "string"}, "message": {"type": "string"}}},
 }
@@ -175,6 +178,14 @@ PATHS: dict[str, Any] = {
         {"type": "object", "properties": {"destination": {"type": "string"}}})},
     "/api/series/{series_uid}/discard": {"post": _action(
         "Discard", "Remove a done, failed or rejected series from the ledger, with its received and derived files.")},
+    "/api/destinations/{name}/check": {"post": {
+        "summary": "Check a destination",
+        "description": "C-ECHO a DICOM destination (with the node's AE title), or check that a folder "
+                       "destination is writable. Changes nothing.",
+        "tags": ["actions"], "security": _SECURED,
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json(_ref("CheckResult"), "checked (see ok)"),
+                      "404": _json(_ref("Error"), "no such destination"), **_ERRORS}}},
     "/api/openapi.json": {"get": {"summary": "This document", "tags": ["meta"],
                                   "responses": {"200": {"description": "OpenAPI 3.1"}}}},
 }

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from dicom_node.web import queries
-from dicom_node.web.actions import ACTIONS, ActionError, perform
+from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of
 from dicom_node.web.openapi import openapi_document
@@ -91,7 +91,8 @@ def series_page(request: Request) -> Response:
     }
     return _render(request, ctx, identity, "series.html", title=f"Series {uid}", d=detail, s=detail.series,
                    allowed=allowed, destination_names=ctx.node.cfg.destination_names(),
-                   show_patient=ctx.auth.patient_data_visible(identity), quote=quote)
+                   show_patient=ctx.auth.patient_data_visible(identity),
+                   refresh_s=0 if state in ("done", "failed", "rejected") else 5)   # follow work in progress
 
 
 def destinations(request: Request) -> Response:
@@ -156,22 +157,32 @@ async def logout(request: Request) -> Response:
     return response
 
 
-async def action(request: Request) -> Response:
-    """A form's POST /series/{uid}/{retry|resend|discard}: login and the session's CSRF value needed."""
+async def _acting_form(request: Request, back: str) -> tuple[WebContext, Identity, dict[str, str]] | Response:
+    """The caller and the form of an action, or the page (or login redirect) that answers instead."""
     ctx = context_of(request)
     identity = ctx.identify(request)
-    uid, name = request.path_params["series_uid"], request.path_params["action"]
-    if name not in ACTIONS:
-        return _error_page(request, ctx, identity, 404, f"no action {name!r}")
     if not ctx.auth.actions_enabled:
         return _error_page(request, ctx, identity, 403, "actions are disabled: web.token is empty in the config")
     if not identity.logged_in:
-        return RedirectResponse(f"/login?{urlencode({'next': f'/series/{quote(uid)}'})}", status_code=303)
+        return RedirectResponse(f"/login?{urlencode({'next': back})}", status_code=303)
     form = await _form(request)
     if form is None:
         return _error_page(request, ctx, identity, 413, "request body too large")
     if not ctx.auth.csrf_valid(identity, form.get(CSRF_FIELD, "")):
         return _error_page(request, ctx, identity, 403, "the form has expired: reload the page and try again")
+    return ctx, identity, form
+
+
+async def action(request: Request) -> Response:
+    """A form's POST /series/{uid}/{retry|resend|discard}: login and the session's CSRF value needed."""
+    uid, name = request.path_params["series_uid"], request.path_params["action"]
+    if name not in ACTIONS:
+        ctx = context_of(request)
+        return _error_page(request, ctx, ctx.identify(request), 404, f"no action {name!r}")
+    acting = await _acting_form(request, f"/series/{quote(uid)}")
+    if isinstance(acting, Response):
+        return acting
+    ctx, identity, form = acting
     if name == "discard" and form.get("confirm") != "yes":
         return _error_page(request, ctx, identity, 400, "discarding needs the confirmation box ticked")
     destination = form.get("destination") or None
@@ -182,3 +193,18 @@ async def action(request: Request) -> Response:
         return _error_page(request, ctx, identity, exc.status, exc.message)
     where = "/series" if name == "discard" else f"/series/{quote(uid)}"
     return RedirectResponse(f"{where}?{urlencode({'msg': f'{name}: {result.message}'})}", status_code=303)
+
+
+async def check(request: Request) -> Response:
+    """A form's POST /destinations/{name}/check: C-ECHO (or folder test), result shown on the page."""
+    name = request.path_params["name"]
+    acting = await _acting_form(request, "/destinations")
+    if isinstance(acting, Response):
+        return acting
+    ctx, identity, _form_values = acting
+    try:
+        result = await run_in_threadpool(check_destination, ctx.node, name, who=ctx.who(request, identity))
+    except ActionError as exc:
+        return _error_page(request, ctx, identity, exc.status, exc.message)
+    message = f"{name}: {result.message} ({result.elapsed_ms:.0f} ms)"
+    return RedirectResponse(f"/destinations?{urlencode({'msg': message})}#dest-{quote(name)}", status_code=303)

@@ -127,3 +127,27 @@ def test_no_token_means_no_actions(tmp_path: Path) -> None:
     assert "Logging in is disabled" in client.get("/login").text
     assert client.post("/login", data={"token": ""}).status_code == 403
     assert client.get("/").status_code == 200                  # reading stays public
+
+
+def test_check_destinations(web: WebNode, tmp_path: Path) -> None:
+    ok = web.client.post("/api/destinations/pacs/check", headers=BEARER)
+    assert ok.status_code == 200 and ok.json()["ok"] is True and "success" in ok.json()["message"]
+    assert web.client.post("/api/destinations/pacs/check").status_code == 401
+    assert web.client.post("/api/destinations/nowhere/check", headers=BEARER).status_code == 404
+    client = web.login()
+    page = client.get("/destinations").text
+    assert 'id="check-broken"' in page
+    done = client.post("/destinations/broken/check", data={"csrf": csrf_of(page)}, follow_redirects=False)
+    assert done.status_code == 303
+    assert "C-ECHO BROKEN@127.0.0.1" in client.get(done.headers["location"]).text
+
+
+def test_check_reports_an_unreachable_destination(tmp_path: Path) -> None:
+    raw = node_config(tmp_path, destinations=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": 9}])
+    raw["send"]["timeout_s"] = 2.0
+    raw["folder_destinations"] = [{"name": "outbox", "path": str(tmp_path / "not" / "yet")}]
+    client = TestClient(build_app(Node(parse_config(raw))))
+    gone = client.post("/api/destinations/gone/check", headers=BEARER).json()
+    assert gone["ok"] is False and "no association" in gone["message"]
+    outbox = client.post("/api/destinations/outbox/check", headers=BEARER).json()
+    assert outbox["ok"] is True and outbox["message"].endswith("writable")
