@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from synth.nets.blocks import SwinBlock
+from synth.nets.blocks import SwinBlock, run_blocks
 from synth.nets.spec import CTHNetSpec
 
 
@@ -30,10 +30,8 @@ class CTHLayer3d(nn.Module):
         self.layer_conv = nn.Conv3d(dim, dim, 3, padding=1)
         self.layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:      # (B, Z, Y, X, C)
-        y = x
-        for block in self.blocks:
-            y = block(y)
+    def forward(self, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:   # (B, Z, Y, X, C)
+        y = run_blocks(self.blocks, x, chunk_tokens)
         y = self.layer_conv(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
         out: torch.Tensor = x + self.layer_norm(y)
         return out
@@ -49,11 +47,11 @@ class Encoder3d(nn.Module):
         self.layers = nn.ModuleList(CTHLayer3d(spec) for _ in range(spec.enc_layers))
         self.conv_after_body = nn.Conv3d(dim, dim, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:      # (B, 1, Z, Y, X) → (B, enc_dim, Z, Y, X)
+    def forward(self, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:   # → (B, enc_dim, Z, Y, X)
         shallow = self.conv_first(x)
         y = self.norm_first(shallow.permute(0, 2, 3, 4, 1))
         for layer in self.layers:
-            y = layer(y)
+            y = layer(y, chunk_tokens)
         y = self.norm_last(y).permute(0, 4, 1, 2, 3)
         out: torch.Tensor = self.conv_after_body(y) + shallow
         return out
@@ -86,10 +84,8 @@ class RSTB(nn.Module):
         ])
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:      # (B, Y, X, C)
-        y = x
-        for block in self.residual_group.blocks:
-            y = block(y)
+    def forward(self, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:   # (B, Y, X, C)
+        y = run_blocks(self.residual_group.blocks, x, chunk_tokens)
         out: torch.Tensor = x + self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return out
 
@@ -109,10 +105,10 @@ class SwinDecoder2d(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
         y = self.patch_embed.norm(x.permute(0, 2, 3, 1))
         for layer in self.layers:
-            y = layer(y)
+            y = layer(y, chunk_tokens)
         out: torch.Tensor = self.norm(y).permute(0, 3, 1, 2)
         return out
 
@@ -141,6 +137,7 @@ class CTHNet(nn.Module):
         if not isinstance(spec, CTHNetSpec):
             raise TypeError(f"CTHNet needs a CTHNetSpec, got {type(spec).__name__}")
         self.spec = spec
+        self.chunk_tokens: int | None = None      # see SwinBlock.forward_tokens; the engine sets it on CPU
         c = spec.feat_channels
         self.Encoder = Encoder3d(spec)
         self.conv_after_E = nn.Conv3d(spec.enc_dim, c, 3, padding=1)
@@ -173,10 +170,11 @@ class CTHNet(nn.Module):
         self.check_input(x)
         b, _, _, h, w = x.shape
         c, zo = self.spec.feat_channels, self.spec.window_slices
-        e = self.conv_after_E(self.Encoder(x))
+        chunk = self.chunk_tokens
+        e = self.conv_after_E(self.Encoder(x, chunk))
         u = e.index_select(2, self.z_source) + self.positions_z        # (B, C, Zo, Y, X)
         t = self._through_plane(u.reshape(b, zo, c, h, w))               # official pseudo-slice view
-        f = self.conv_after_body(self.Decoder_I1(t.reshape(b, c * zo, h, w))) + u.reshape(b, c * zo, h, w)
+        f = self.conv_after_body(self.Decoder_I1(t.reshape(b, c * zo, h, w), chunk)) + u.reshape(b, c * zo, h, w)
         out: torch.Tensor = self.conv_last(self.conv_before_upsample(f.reshape(b, c, zo, h, w)))
         return out
 
@@ -185,10 +183,10 @@ class CTHNet(nn.Module):
         b, n, k, h, w = g.shape
         p = self.spec.t_fold
         sag = g.reshape(b, n, k, h, w // p, p).permute(0, 4, 2, 5, 1, 3).reshape(b * (w // p), k * p, n, h)
-        sag_out: torch.Tensor = self.Decoder_T1(sag)
+        sag_out: torch.Tensor = self.Decoder_T1(sag, self.chunk_tokens)
         sag = sag_out.reshape(b, w // p, k, p, n, h).permute(0, 4, 2, 5, 1, 3)
         cor = g.reshape(b, n, k, h // p, p, w).permute(0, 3, 2, 4, 1, 5).reshape(b * (h // p), k * p, n, w)
-        cor_out: torch.Tensor = self.Decoder_T1(cor)
+        cor_out: torch.Tensor = self.Decoder_T1(cor, self.chunk_tokens)
         cor = cor_out.reshape(b, h // p, k, p, n, w).permute(0, 4, 2, 1, 3, 5)
         return sag.reshape(b, n, k, h, w) + cor.reshape(b, n, k, h, w)
 
