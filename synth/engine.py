@@ -61,7 +61,7 @@ class CTHNetSynthesizer:
     def __init__(self, model: nn.Module, *, weights_sha256: str, name: str = "CTHNet", device: str = "auto",
                  batch_size: int = 1, precision: str = "auto", z_stride: int | None = None, tile: int | None = None,
                  min_overlap: int | None = None, margin: int | None = None,
-                 min_spacing_mm: float = 4.0, max_spacing_mm: float = 6.0) -> None:
+                 min_spacing_mm: float = 4.0, max_spacing_mm: float = 6.0, chunk_tokens: int | None = None) -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(spec, CTHNetSpec):
             raise TypeError(f"CTHNetSynthesizer needs a model with a CTHNetSpec `spec`, got {type(model).__name__}")
@@ -84,7 +84,13 @@ class CTHNetSynthesizer:
         self.autocast_dtype = resolve_precision(self.device, precision)
         self.batch_size = batch_size
         self.min_spacing_mm, self.max_spacing_mm = min_spacing_mm, max_spacing_mm
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be positive or None, got {chunk_tokens}")
         self.model = model.to(self.device).eval()
+        if hasattr(self.model, "chunk_tokens"):
+            # In-place chunks of windows keep Swin intermediates in cache: a clear win with one CPU thread
+            # per core to spare; with busy cores, small multi-threaded GEMMs stall (see bench/README.md).
+            setattr(self.model, "chunk_tokens", chunk_tokens)  # noqa: B010 (nn.Module typing of attributes)
         self.factor = spec.ratio
         self.identity = SynthIdentity(backend="cthnet", name=name, version=synth.__version__,
                                       weights_sha256=weights_sha256, is_model=True)

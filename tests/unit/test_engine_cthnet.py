@@ -207,3 +207,15 @@ def test_normalisation_is_the_trained_window() -> None:
     hu = np.array([-3000.0, -1024.0, 0.0, 2048.0, 4000.0], np.float32)
     np.testing.assert_allclose(hu_to_unit(hu), [0.0, 0.0, 1024 / 3072, 1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(unit_to_hu(np.array([-0.5, 0.0, 0.5, 1.0, 2.0])), [-1024, -1024, 512, 2048, 2048])
+
+
+def test_chunked_engine_equals_plain_engine() -> None:
+    torch.manual_seed(0)
+    model = CTHNet(TINY)
+    volume = random_volume(3, 40, 40, seed=5)
+    plain = CTHNetSynthesizer(model, weights_sha256="", device="cpu")(volume).hu
+    engine = CTHNetSynthesizer(model, weights_sha256="", device="cpu", chunk_tokens=128)
+    assert model.chunk_tokens == 128
+    np.testing.assert_allclose(engine(volume).hu, plain, atol=0.05)
+    with pytest.raises(ValueError, match=r"chunk_tokens must be positive or None, got 0"):
+        CTHNetSynthesizer(model, weights_sha256="", device="cpu", chunk_tokens=0)
