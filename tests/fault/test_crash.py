@@ -89,7 +89,9 @@ def test_kill_before_the_quiet_period_ends_keeps_the_timer(node_factory: NodeFac
     source = make_ct_series(slices=8, seed=602)
     uid = str(source[0].SeriesInstanceUID)
     storescu(write_series(source, tmp_path / "src"), node.port, "SYNTHNODE")     # dcmtk as the modality
-    assert node.state(uid) == "receiving"          # the completion deadline is only in the ledger now
+    # All eight recorded, the completion deadline pending: it exists only in the ledger now.
+    wait_for(lambda: (r := node.series_rows().get(uid)) and r["instance_count"] == 8, 10, "8 instances recorded")
+    assert node.state(uid) == "receiving"
     node.kill9()
     assert node.series_rows()[uid]["deadline_at"] is not None
     node.start()

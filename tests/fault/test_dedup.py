@@ -29,7 +29,8 @@ def test_instance_resent_while_pending_is_stored_once(node_factory: NodeFactory,
     uid = str(source[0].SeriesInstanceUID)
     assert send_datasets(source, node.port) == [0] * 8
     assert send_datasets(source[2:5], node.port) == [0] * 3       # a modality retrying part of it
-    row = node.series_rows()[uid]
+    row = wait_for(lambda: (r := node.series_rows().get(uid)) and r["instance_count"] + r["duplicate_count"] == 11
+                   and r, 10, "the ledger to record all 11 stores", alive=node.died)
     assert row["state"] == "receiving"
     assert row["instance_count"] == 8 and row["duplicate_count"] == 3
     assert len(list((node.storage_dir / "incoming" / uid).glob("*.dcm"))) == 8
@@ -49,8 +50,9 @@ def test_series_resent_after_done_makes_no_new_work(node_factory: NodeFactory, p
     done = node.wait_state(uid, "done")
     assert pacs.count() == derived_count(6)
     storescu(files, node.port, "SYNTHNODE")                        # the same bytes again, by dcmtk
-    row = node.series_rows()[uid]
-    assert row["state"] == "done" and row["duplicate_count"] == 6 and row["generation"] == done["generation"]
+    row = wait_for(lambda: (r := node.series_rows()[uid])["duplicate_count"] == 6 and r, 10,
+                   "the ledger to record the 6 duplicates", alive=node.died)
+    assert row["state"] == "done" and row["instance_count"] == 6 and row["generation"] == done["generation"]
     # Nothing is re-processed or re-sent: hold for several quiet periods and sweeps.
     stays(lambda: node.state(uid) == "done" and pacs.count() == derived_count(6), 3.0, "no new work")
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.fault.conftest import NodeFactory, derived_count, send_datasets
+from tests.fault.conftest import NodeFactory, derived_count, send_datasets, wait_for
 from tests.interop.peers import PeerError, storescu
 from tests.support.ct_series import make_ct_series, write_series
 
@@ -36,3 +41,52 @@ def test_watermark_refuses_then_accepts_after_restart(node_factory: NodeFactory,
     assert send_datasets(source, node.port) == [0] * 4
     row = node.wait_state(uid, "done")
     assert row["derived_count"] == derived_count(4)
+
+
+def test_write_error_never_acknowledges_success(node_factory: NodeFactory) -> None:
+    node = node_factory(outbox=True)
+    source = make_ct_series(slices=4, seed=631)
+    uid = str(source[0].SeriesInstanceUID)
+    blocker = node.storage_dir / "incoming" / uid
+    blocker.write_bytes(b"a file where the series folder should be")    # every write for this series fails
+    assert send_datasets(source, node.port) == [OUT_OF_RESOURCES] * 4
+    assert uid not in node.series_rows()
+    blocker.unlink()                                                   # space (or sanity) returns
+    assert send_datasets(source, node.port) == [0] * 4
+    assert node.wait_state(uid, "done")["derived_count"] == derived_count(4)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A private 64 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
+
+
+def test_watermark_recovers_by_itself_when_space_returns(small_disk: Path, node_factory: NodeFactory) -> None:
+    node = node_factory(outbox=True, overrides={"node": {"storage_dir": str(small_disk / "var"),
+                                                         "disk_watermark": 0.5}})
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (40 << 20))                    # 40 of 64 MiB: above the 50 % watermark
+    source = make_ct_series(slices=4, seed=632)
+    uid = str(source[0].SeriesInstanceUID)
+    wait_for(lambda: send_datasets(source[:1], node.port) == [OUT_OF_RESOURCES], 10, "stores to be refused")
+    assert send_datasets(source, node.port) == [OUT_OF_RESOURCES] * 4
+    ballast.unlink()                                           # space returns; no restart
+    started = time.monotonic()
+    wait_for(lambda: send_datasets(source[:1], node.port) == [0], 10, "stores to be accepted again")
+    assert time.monotonic() - started < 5
+    assert send_datasets(source, node.port) == [0] * 4
+    assert node.wait_state(uid, "done")["derived_count"] == derived_count(4)
+    log = node.log_text()
+    assert "refusing stores" in log and "accepting stores" in log
