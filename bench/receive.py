@@ -102,8 +102,8 @@ def clear(directory: Path) -> None:
             path.unlink()
 
 
-def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Path) -> Result:
-    node = start_node(workdir / "node", quiet_period_s=quiet_period_s)
+def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Path, node_settings: list[str]) -> Result:
+    node = start_node(workdir / "node", quiet_period_s=quiet_period_s, node_settings=node_settings)
     assert node.outbox is not None
     pyn_port, dcm_port = free_port(), free_port()
     pynetdicom_scp = start_receiver(
@@ -185,17 +185,26 @@ def main() -> int:
     parser.add_argument("--quiet-period-s", type=float, default=1.0)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--workdir", type=Path, help="keep files and logs here instead of a temp dir")
+    parser.add_argument(
+        "--node-setting",
+        action="append",
+        default=[],
+        metavar="TOML",
+        help="an extra line for the node's [node] table, e.g. 'fsync = false' (repeatable)",
+    )
     args = parser.parse_args()
     for binary in (STORESCU, STORESCP):
         if not binary.exists():
             parser.error(f"{binary} is not installed (Debian package dcmtk)")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.slices, args.size, args.repeats, args.quiet_period_s, args.workdir)
+        result = run(args.slices, args.size, args.repeats, args.quiet_period_s, args.workdir, args.node_setting)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-receive-") as tmp:
-            result = run(args.slices, args.size, args.repeats, args.quiet_period_s, Path(tmp))
+            result = run(args.slices, args.size, args.repeats, args.quiet_period_s, Path(tmp), args.node_setting)
     print(report(result))
+    if args.node_setting:
+        print(f"node settings: {', '.join(args.node_setting)}")
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0

@@ -277,6 +277,7 @@ def write_node_config(
     ae_title: str = NODE_AE,
     send_timeout_s: float = 5.0,
     send_retry_s: float = 1.0,
+    node_settings: Sequence[str] = (),
 ) -> None:
     """The contract's TOML, plus short [send] timeouts so a failed C-STORE is retried within a test's time.
 
@@ -289,6 +290,7 @@ def write_node_config(
         'host = "127.0.0.1"',
         f"port = {port}",
         f"storage_dir = {_toml_str(str(storage_dir))}",
+        *node_settings,
         "",
         "[series]",
         f"quiet_period_s = {quiet_period_s:g}",
@@ -323,6 +325,7 @@ def start_node(
     with_outbox: bool = True,
     quiet_period_s: float = 1,
     port: int | None = None,
+    node_settings: Sequence[str] = (),
 ) -> RunningNode:
     """Start the node with a temp config and wait until it answers C-ECHO."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +335,7 @@ def start_node(
     config = workdir / "node.toml"
     write_node_config(
         config, port=port, storage_dir=storage, destinations=destinations, outbox=outbox,
-        quiet_period_s=quiet_period_s,
+        quiet_period_s=quiet_period_s, node_settings=node_settings,
     )  # fmt: skip
     log_path = workdir / "node.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
