@@ -59,9 +59,7 @@ NODULE_RADIUS_MM = 7.0
 UID_NAMESPACE = "dicom-synth-node tests/support/ct_series"
 
 
-def phantom_hu(
-    x_mm: npt.ArrayLike, y_mm: npt.ArrayLike, z_mm: npt.ArrayLike, fov_mm: float
-) -> npt.NDArray[np.int16]:
+def phantom_hu(x_mm: npt.ArrayLike, y_mm: npt.ArrayLike, z_mm: npt.ArrayLike, fov_mm: float) -> npt.NDArray[np.int16]:
     """HU of the chest phantom at patient points (LPS, mm); the body fills ``fov_mm`` around x = y = 0.
 
     Air outside an elliptical body with a fat ring; two lungs whose size varies smoothly with z;
@@ -233,9 +231,7 @@ def make_ct_series(
         n_rows, n_cols = (rows // 2, cols // 2) if small else (rows, cols)
         spacing = (pixel_spacing[0] * 2, pixel_spacing[1] * 2) if small else pixel_spacing
         centre = along[k] * step
-        first_pixel = (
-            centre - row_dir * spacing[1] * (n_cols - 1) / 2.0 - col_dir * spacing[0] * (n_rows - 1) / 2.0
-        )
+        first_pixel = centre - row_dir * spacing[1] * (n_cols - 1) / 2.0 - col_dir * spacing[0] * (n_rows - 1) / 2.0
         r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
         points = (
             first_pixel[:, None, None]

@@ -148,9 +148,7 @@ def fetch_sdist() -> Path:
         )  # fmt: skip
         fetched = download / SDIST_NAME
         if not fetched.exists():
-            raise RuntimeError(
-                f"pip download left no {SDIST_NAME} in {download}: {sorted(download.iterdir())}"
-            )
+            raise RuntimeError(f"pip download left no {SDIST_NAME} in {download}: {sorted(download.iterdir())}")
         actual = _sha256(fetched)
         if actual != SDIST_SHA256:
             fetched.unlink()

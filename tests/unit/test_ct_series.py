@@ -187,9 +187,7 @@ def test_modality_other_than_ct() -> None:
         (1.0, -1000.0, True, 16),
     ],
 )
-def test_rescale_variants_decode_to_the_same_hu(
-    slope: float, intercept: float, signed: bool, bits: int
-) -> None:
+def test_rescale_variants_decode_to_the_same_hu(slope: float, intercept: float, signed: bool, bits: int) -> None:
     reference = make_ct_series(slices=3)
     series = make_ct_series(slices=3, rescale_slope=slope, rescale_intercept=intercept, signed=signed)
     assert series[0].PixelRepresentation == int(signed)
