@@ -84,38 +84,40 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     spec = CTHNetSpec()
     model = CTHNet(spec)
-    engine = CTHNetSynthesizer(
-        model, weights_sha256="", device=args.device, precision=args.precision, batch_size=args.batch_size
-    )
+    engine = CTHNetSynthesizer(model, weights_sha256="", device=args.device, precision=args.precision,
+                               batch_size=args.batch_size, chunk_tokens=args.chunk_tokens)
     device = engine.device
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[engine.autocast_dtype]
     load_before = os.getloadavg()
     flops = window_flops(spec)
 
-    x = torch.rand(args.batch_size, 1, spec.in_slices, spec.tile_size, spec.tile_size, device=device)
+    def forward(x: torch.Tensor) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        if engine.autocast_dtype is None:
+            model(x)
+        else:
+            with torch.autocast(device.type, dtype=engine.autocast_dtype):
+                model(x)
+        sync(device)
+        return time.perf_counter() - t0
+
+    full = torch.rand(args.batch_size, 1, spec.in_slices, spec.tile_size, spec.tile_size, device=device)
     with torch.inference_mode():
+        # warm-up: a full window on CUDA (kernel selection, allocator), a 64² one on CPU
+        warm = forward(full if device.type == "cuda" else full[:, :, :, :64, :64].contiguous())
+        print(f"warm-up: {warm:.2f} s", file=sys.stderr, flush=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = []
-        for i in range(args.windows + 1):
-            sync(device)
-            t0 = time.perf_counter()
-            if engine.autocast_dtype is None:
-                model(x)
-            else:
-                with torch.autocast(device.type, dtype=engine.autocast_dtype):
-                    model(x)
-            sync(device)
-            elapsed = time.perf_counter() - t0
-            print(
-                f"forward {i} ({'warm-up' if i == 0 else 'timed'}): {elapsed:.2f} s for {args.batch_size} window(s)",
-                file=sys.stderr,
-                flush=True,
-            )
-            if i:
-                times.append(elapsed / args.batch_size)
+        for i in range(args.windows):
+            elapsed = forward(full)
+            print(f"forward {i}: {elapsed:.2f} s for {args.batch_size} window(s)", file=sys.stderr, flush=True)
+            times.append(elapsed / args.batch_size)
     s_per_window = float(np.median(times))
     peak_mem_gb = (
         torch.cuda.max_memory_allocated(device) / 1e9
@@ -149,6 +151,7 @@ def main() -> int:
         "torch": torch.__version__,
         "precision": precision,
         "batch_size": args.batch_size,
+        "chunk_tokens": args.chunk_tokens,
         "s_per_window": s_per_window,
         "window_times_s": times,
         "window_tflop": flops / 1e12,
