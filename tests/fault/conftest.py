@@ -394,6 +394,11 @@ class NodeProcess:
         with self.engine().connect() as conn:
             return [dict(r) for r in conn.execute(text("SELECT * FROM send_jobs")).mappings().all()]
 
+    def instance_uids(self, series_uid: str) -> set[str]:
+        with self.engine().connect() as conn:
+            rows = conn.execute(text("SELECT sop_uid FROM instances WHERE series_uid = :uid"), {"uid": series_uid})
+            return {str(r[0]) for r in rows}
+
     def state(self, series_uid: str) -> str:
         row = self.series_rows().get(series_uid)
         return "" if row is None else str(row["state"])
