@@ -57,12 +57,12 @@ HARDENING = {
 
 
 def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
     return data
 
 
 def toml(name: str) -> dict[str, Any]:
-    return tomllib.loads((DEPLOY / name).read_text())
+    return tomllib.loads((DEPLOY / name).read_text(encoding="utf-8"))
 
 
 def node_config(name: str) -> NodeConfig:
@@ -70,7 +70,7 @@ def node_config(name: str) -> NodeConfig:
 
 
 def orthanc_json() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((DEPLOY / "orthanc" / "orthanc.json").read_text())
+    data: dict[str, Any] = json.loads((DEPLOY / "orthanc" / "orthanc.json").read_text(encoding="utf-8"))
     return data
 
 
@@ -97,7 +97,7 @@ def unit(name: str) -> dict[str, dict[str, list[str]]]:
     """A systemd unit as section → key → values (keys may repeat)."""
     sections: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] = {}
-    for raw in (DEPLOY / name).read_text().splitlines():
+    for raw in (DEPLOY / name).read_text(encoding="utf-8").splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -165,7 +165,7 @@ def test_postgres_profile_config_matches_the_database_service() -> None:
 
 
 def test_gpu_override_uses_the_cuda_image() -> None:
-    gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())["services"]
+    gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text(encoding="utf-8"))["services"]
     assert gpu["node"]["build"]["dockerfile"] == "deploy/Dockerfile"
     for name in ("node", "worker"):
         (device,) = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
@@ -175,7 +175,7 @@ def test_gpu_override_uses_the_cuda_image() -> None:
 # -- Dockerfiles ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "base"), [("Dockerfile", "nvidia/cuda:"), ("Dockerfile.cpu", "python:3.11")])
 def test_dockerfiles(name: str, base: str) -> None:
-    text = (DEPLOY / name).read_text()
+    text = (DEPLOY / name).read_text(encoding="utf-8")
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.M))
     froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
     assert froms and all(args.get(f.strip("${}"), f).startswith(base) for f in froms)
@@ -184,7 +184,7 @@ def test_dockerfiles(name: str, base: str) -> None:
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"{name} copies {path}, which does not exist"
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch"))
     assert f'"{torch_pin}"' in text                             # the image installs the pinned torch
     assert re.search(r'^ENTRYPOINT \["dicom-node"\]$', text, flags=re.M)
@@ -193,7 +193,7 @@ def test_dockerfiles(name: str, base: str) -> None:
     cfg = node_config("node.compose.toml")
     assert f"EXPOSE {cfg.node.port} {cfg.web.port}" in text
     assert f"127.0.0.1:{cfg.web.port}/healthz" in text
-    ignore = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
+    ignore = (DEPLOY / f"{name}.dockerignore").read_text(encoding="utf-8").splitlines()
     assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!dicom_node/", "!synth/",
                                                   "!config/node.example.toml"]
 
@@ -217,7 +217,7 @@ def test_systemd_exec_start_is_our_console_script(name: str, command: str) -> No
     (exec_start,) = service["ExecStart"]
     argv = shlex.split(exec_start)
     assert argv[0] == "/opt/dicom-node/.venv/bin/dicom-node"
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"][Path(argv[0]).name] == "dicom_node.cli:main"
     args = build_parser().parse_args(argv[1:])
     assert args.command == command and args.config == "/etc/dicom-node/node.toml"
@@ -233,9 +233,9 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("no .venv/bin/dicom-node to stand in for /opt/dicom-node/.venv/bin/dicom-node")
     names = []
     for name in UNITS:
-        text = (DEPLOY / name).read_text().replace("/opt/dicom-node/.venv/bin/dicom-node", str(script))
+        text = (DEPLOY / name).read_text(encoding="utf-8").replace("/opt/dicom-node/.venv/bin/dicom-node", str(script))
         target = tmp_path / name.replace("@.", "@0.")
-        target.write_text(text)
+        target.write_text(text, encoding="utf-8")
         names.append(str(target))
     result = subprocess.run(["systemd-analyze", "verify", *names], capture_output=True, text=True, timeout=60,
                             check=False)
@@ -244,7 +244,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 # -- Orthanc rule and the guide ---------------------------------------------------------------------
 def test_orthanc_lua_rule_excludes_our_own_output() -> None:
-    lua = (DEPLOY / "orthanc" / "autoroute.lua").read_text()
+    lua = (DEPLOY / "orthanc" / "autoroute.lua").read_text(encoding="utf-8")
     cfg = node_config("node.compose.toml")
     assert f"local OUR_MANUFACTURER = '{MANUFACTURER}'" in lua
     assert "ContributingEquipmentSequence" in lua and "'DERIVED'" in lua and "'SECONDARY'" in lua
@@ -257,7 +257,7 @@ def test_orthanc_lua_rule_excludes_our_own_output() -> None:
 
 
 def test_readme_has_the_conformance_statement() -> None:
-    readme = (DEPLOY / "README.md").read_text()
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     for syntax in TRANSFER_SYNTAXES:
         assert str(syntax) in readme, f"{syntax.name} ({syntax}) is missing from the conformance statement"
     for status in (STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_DATASET_MISMATCH, STATUS_CANNOT_UNDERSTAND,
@@ -295,7 +295,7 @@ def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> N
                   DicomPort=dicom_port, HttpPort=http_port, RemoteAccessAllowed=False, StableAge=2,
                   SaveJobs=False, LuaScripts=[str(DEPLOY / "orthanc" / "autoroute.lua")])
     config["DicomModalities"]["SYNTHNODE"].update(Host="127.0.0.1", Port=node.scp.port)
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    (tmp_path / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
     log = tmp_path / "orthanc.log"
     orthanc = subprocess.Popen([binary, f"--logfile={log}", str(tmp_path / "orthanc.json")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
@@ -322,11 +322,11 @@ def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> N
 
         wait_until(lambda: state() == "done", 60.0, "the thick series to come back from the node")
         wait_until(lambda: len(_orthanc_request(http_port, "/series")) == 4, 20.0, "the derived series in Orthanc")
-        wait_until(lambda: "not sent: derived" in log.read_text(errors="replace"), 20.0,
+        wait_until(lambda: "not sent: derived" in log.read_text(encoding="utf-8", errors="replace"), 20.0,
                    "the rule to see (and skip) the node's output")
         time.sleep(1.0)
         assert [s.series_uid for s in node.ledger.summaries()] == [uid]   # only the thick chest CT came
-        text = log.read_text(errors="replace")
+        text = log.read_text(encoding="utf-8", errors="replace")
         assert re.search(r"slice thickness 1(\.0*)? mm is out of range", text)
         assert "not chest (BodyPartExamined HEAD)" in text
     finally:
