@@ -96,7 +96,8 @@ class CTHNetSynthesizer:
                                       weights_sha256=weights_sha256, is_model=True)
 
     @classmethod
-    def from_config(cls, cfg: SynthConfig, *, precision: str = "auto") -> CTHNetSynthesizer:
+    def from_config(cls, cfg: SynthConfig, *, precision: str = "auto",
+                    chunk_tokens: int | None = None) -> CTHNetSynthesizer:
         """Load weights (our checkpoint or the official .pkl), check them, and place the model.
 
         CPU runs one window at a time (larger batches gain nothing there and cost 2.5 GB each);
@@ -111,6 +112,7 @@ class CTHNetSynthesizer:
         name = (f"CTHNet thick-to-thin CT synthesis (Yu et al., npj Digit. Med. 2024), "
                 f"{weights.source} weights, {n_params} parameters")
         return cls(model, weights_sha256=weights.sha256, name=name, device=str(device), precision=precision,
+                   chunk_tokens=chunk_tokens,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
                    min_spacing_mm=cfg.min_input_spacing_mm, max_spacing_mm=cfg.max_input_spacing_mm)
 

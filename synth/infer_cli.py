@@ -37,12 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input values: HU, or already windowed to [0, 1] (as in RPLHR-CT); output alike")
     parser.add_argument("--dtype", default="int16", choices=("int16", "float32"),
                         help="output voxel type (int16 is rounded HU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--chunk-tokens", type=int, default=None,
+                        help="run Swin blocks in place on chunks of this many tokens (CPU; best with --threads 1 "
+                             "on a busy machine, see bench/README.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
+    import torch
     from tqdm import tqdm
 
     from synth.checkpoint import CheckpointError
@@ -59,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         image = read_image(args.input, args.series)
         cfg = SynthConfig(backend="cthnet", weights=args.weights, device=args.device, batch_size=args.batch_size,
                           min_input_spacing_mm=args.min_spacing_mm, max_input_spacing_mm=args.max_spacing_mm)
-        synthesizer = CTHNetSynthesizer.from_config(cfg, precision=args.precision)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            torch.set_num_threads(args.threads)                        # this process is ours alone
+        synthesizer = CTHNetSynthesizer.from_config(cfg, precision=args.precision, chunk_tokens=args.chunk_tokens)
     except (InputError, CheckpointError, DeviceUnavailableError, ValueError) as exc:
         return _fail(str(exc))
 

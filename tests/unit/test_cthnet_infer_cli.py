@@ -67,7 +67,7 @@ def test_dicom_folder_input(tmp_path: Path, weights: Path) -> None:
         writer.Execute(sl)
     dst = tmp_path / "thin.nii"
     assert main(["infer", str(folder), str(dst), "--weights", str(weights), "--device", "cpu", "--quiet",
-                 "--dtype", "float32"]) == 0
+                 "--dtype", "float32", "--chunk-tokens", "512"]) == 0
     out = sitk.ReadImage(str(dst))
     assert out.GetSize() == (36, 40, 11)
     np.testing.assert_allclose(out.GetSpacing(), (0.7, 0.8, 0.9), rtol=1e-5)
@@ -95,6 +95,7 @@ def test_unit_intensity_round_trip(tmp_path: Path, weights: Path) -> None:
         (lambda d: d / "ok.nii.gz", ["--device", "tpu"], r"synth.device must be auto, cpu, cuda or cuda:N"),
         (lambda d: d / "ok.nii.gz", ["--intensity", "unit"], r"--dtype int16 cannot hold \[0, 1\] values"),
         (lambda d: d / "one.nii.gz", [], r"has 1 slice\(s\); synthesis needs at least 2"),
+        (lambda d: d / "ok.nii.gz", ["--threads", "0"], r"--threads must be at least 1, got 0"),
     ],
 )
 def test_clear_errors(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], make: object,
