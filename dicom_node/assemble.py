@@ -80,6 +80,11 @@ def _floats(ds: Dataset, keyword: str, n: int, series_uid: str) -> npt.NDArray[n
     return arr
 
 
+def _number_or(value: object, default: float) -> float:
+    """A DS value as float; absent or empty means `default` (a stored 0 stays 0)."""
+    return default if value is None or value == "" else float(value)  # type: ignore[arg-type]
+
+
 def read_headers(files: list[Path], series_uid: str) -> list[Dataset]:
     """Read every file fully (pixel data stays encoded until decoded)."""
     datasets: list[Dataset] = []
@@ -88,8 +93,25 @@ def read_headers(files: list[Path], series_uid: str) -> list[Dataset]:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise _fail(series_uid, UNREADABLE, f"{path.name}: {type(exc).__name__}") from exc
+        _parse_all(ds, series_uid, path.name)
         datasets.append(ds)
     return datasets
+
+
+def _parse_all(ds: Dataset, series_uid: str, name: str) -> None:
+    """pydicom parses values lazily: parse every element now, so a wrong VR or length is a named reason
+    here and not a surprise later. The message names the tag, never the value (it could be PHI)."""
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _parse_all(item, series_uid, name)
+        except InvalidSeriesError:
+            raise
+        except Exception as exc:  # pydicom raises many types for malformed values
+            raise _fail(series_uid, UNREADABLE,
+                        f"{name}: element {tag} cannot be parsed ({type(exc).__name__})") from exc
 
 
 def check_instances(datasets: list[Dataset], series_uid: str) -> None:
@@ -178,8 +200,15 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
         if pixels.shape != (rows, cols):
             raise _fail(series_uid, UNDECODABLE_PIXELS,
                         f"instance {ds.SOPInstanceUID} decodes to {pixels.shape}, not one {rows}x{cols} frame")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        try:
+            slope = _number_or(ds.get("RescaleSlope"), 1.0)
+            intercept = _number_or(ds.get("RescaleIntercept"), 0.0)
+        except (TypeError, ValueError) as exc:
+            raise _fail(series_uid, UNDECODABLE_PIXELS, f"instance {ds.SOPInstanceUID}: RescaleSlope or "
+                        "RescaleIntercept is not a number, so its pixels cannot become HU") from exc
+        if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+            raise _fail(series_uid, UNDECODABLE_PIXELS,
+                        f"instance {ds.SOPInstanceUID}: rescale slope {slope} / intercept {intercept} is unusable")
         hu[k] = pixels.astype(np.float32) * slope + intercept
 
     numbers = [ds.get("InstanceNumber") for ds in datasets]

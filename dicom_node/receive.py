@@ -128,13 +128,18 @@ class StoreSCP:
         req = event.assoc.requestor
         calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or "")
         if not self._cfg.caller_allowed(calling_ae, str(req.address)):
+            # As pynetdicom rejects by itself: send A-ASSOCIATE-RJ, tell EVT_REJECTED, then stop the
+            # association (kill() lets the DUL send the reject before the socket closes).
             event.assoc.acse.send_reject(REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED)
+            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+            event.assoc.kill()
 
     @staticmethod
     def _log_rejected(event: evt.Event) -> None:
         req = event.assoc.requestor
+        calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or req.ae_title or "").strip()
         logger.warning("refused association from AE %r at %s:%s (calling or called AE not allowed)",
-                       str(req.ae_title).strip(), req.address, req.port)
+                       calling_ae, req.address, req.port)
 
     def _refuse(self, status: int) -> int:
         if self._on_refused is not None:

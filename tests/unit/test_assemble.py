@@ -108,3 +108,22 @@ def test_undecodable_pixels_is_a_named_reason() -> None:
     with pytest.raises(InvalidSeriesError, match=r"instance .*: ValueError") as info:
         assemble(series, str(series[0].SeriesInstanceUID), CFG)
     assert info.value.reason == "undecodable_pixels"
+
+
+def test_wrong_length_value_and_bad_rescale_are_named() -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    series = roundtrip(make_ct_series(slices=3))
+    raw = series[1]._dict[Tag(0x0020, 0x0032)]
+    series[1]._dict[Tag(0x0020, 0x0032)] = RawDataElement(raw.tag, "UL", 18, b"-5.25\\-5.25\\-12.5 ", 0, False, True)
+    from dicom_node.assemble import _parse_all
+    with pytest.raises(InvalidSeriesError, match=r"element \(0020,0032\) cannot be parsed") as info:
+        _parse_all(series[1], "1.2.3", "x.dcm")
+    assert info.value.reason == "unreadable_file"
+
+    series = roundtrip(make_ct_series(slices=3))
+    series[2].RescaleSlope = "0"
+    with pytest.raises(InvalidSeriesError, match=r"rescale slope 0.0 / intercept -1024.0 is unusable") as info:
+        assemble(series, str(series[0].SeriesInstanceUID), CFG)
+    assert info.value.reason == "undecodable_pixels"

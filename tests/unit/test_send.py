@@ -38,5 +38,5 @@ def test_unreachable_destination_is_a_failed_report(tmp_path: Path) -> None:
     src.write_bytes(b"x")
     report = send_dicom([src], DestinationSection("pacs", "PACS", "127.0.0.1", port), "SYNTHNODE", 2.0)
     assert report == SendReport("pacs", 1, 0, "association-failed",
-                                f"could not associate with PACS@127.0.0.1:{port} (association-failed)")
+                                f"could not associate with PACS@127.0.0.1:{port} (association-failed)", ("a",))
     assert not report.ok
