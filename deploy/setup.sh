@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine with Python 3.11 for the node: system packages, a virtualenv in .venv,
 # and the node installed into it. `--test` also installs the real peers the tests use (dcmtk,
-# dicom3tools, Orthanc with its GDCM plugin, PostgreSQL). Safe to run again.
+# dicom3tools, Orthanc with its GDCM plugin, PostgreSQL, Chromium). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,7 @@ if [ "$want_test" = 1 ]; then
   done
   [ -f /usr/share/orthanc/plugins/libOrthancGdcm.so ] || packages+=(orthanc-gdcm)
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || packages+=(postgresql)
+  [ -x /usr/bin/chromium ] || packages+=(chromium)    # the dashboard's browser test (Playwright drives it)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${packages[*]}"

@@ -101,6 +101,11 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         pynetdicom_config.PASS_CONTEXTVARS = True
+        if self.cfg.web.enabled:             # first: a busy web port fails start-up before anything runs
+            from dicom_node.web.server import WebServer  # the dashboard is optional at import time
+
+            self.web = WebServer(self)
+            self.web.start()
         self._recover()
         self.recorder.start()
         self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
@@ -119,12 +124,11 @@ class Node:
             for folder in self.cfg.folder_destinations:
                 self._spawn(f"send-{folder.name}", self._send_loop, folder)
         if self.scp is not None:
-            self.scp.start()
-        if self.cfg.web.enabled:
-            from dicom_node.web.server import WebServer  # the dashboard is optional at import time
-
-            self.web = WebServer(self)
-            self.web.start()
+            try:
+                self.scp.start()
+            except OSError:                  # the port is taken: stop what already runs, then fail loudly
+                self.stop(drain_s=1.0)
+                raise
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self._wake_send),
                     "" if self.scp is not None else ", worker only (not receiving)")

@@ -247,3 +247,11 @@ def test_echo_command_reports_success_and_failure(pacs: CollectingSCP, tmp_path:
     assert main(["echo", "--config", str(config), "--host", "127.0.0.1", "--remote-port", str(port),
                  "--timeout", "2"]) == 1
     assert "C-ECHO failed (no association)" in capsys.readouterr().out
+
+
+def test_a_busy_port_fails_start_up_and_stops_what_ran(node_factory: NodeFactory) -> None:
+    first = node_factory()
+    second = node_factory(start=False, port=first.scp.port)
+    with pytest.raises(OSError):
+        second.start()
+    assert second._scheduler.running is False
