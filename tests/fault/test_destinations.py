@@ -31,6 +31,13 @@ def test_refusing_destination_gets_it_later_and_blocks_no_one(node_factory: Node
     wait_for(lambda: healthy.count() == 2 * derived_count(6), 30, "both series at the healthy PACS", alive=node.died)
     wait_for(lambda: refusing.refused >= 4, 30, "the refusing PACS to be retried", alive=node.died)
     assert refusing.count() == 0
+    uids = [str(source[0].SeriesInstanceUID) for source in sources]
+
+    def healthy_jobs_done() -> bool:
+        done = {r["series_uid"] for r in node.send_rows() if r["destination"] == "pacs1" and r["state"] == "done"}
+        return done == set(uids)
+
+    wait_for(healthy_jobs_done, 10, "the healthy destination's send jobs to be done", alive=node.died)
     jobs = {(r["series_uid"], r["destination"]): r for r in node.send_rows()}
     for source in sources:
         uid = str(source[0].SeriesInstanceUID)
