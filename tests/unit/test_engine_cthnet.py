@@ -17,7 +17,7 @@ from synth.config import SynthConfig
 from synth.engine import CTHNetSynthesizer, UnsupportedSpacingError
 from synth.nets import CTHNet, CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
-from synth.synthesizer import build_synthesizer, output_slices
+from synth.synthesizer import SynthesisRefusedError, build_synthesizer, output_slices
 from synth.volume import CTVolume
 
 TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
@@ -147,7 +147,8 @@ def test_spacing_outside_the_range_is_refused(spacing: float) -> None:
     engine = CTHNetSynthesizer(LinearZ(TINY), weights_sha256="", device="cpu")
     with pytest.raises(UnsupportedSpacingError, match=rf"input slice spacing {spacing:g} mm is outside 4-6 mm"):
         engine(random_volume(3, 32, 32, spacing=spacing))
-    assert issubclass(UnsupportedSpacingError, ValueError) and UnsupportedSpacingError.reason == "unsupported_spacing"
+    assert issubclass(UnsupportedSpacingError, SynthesisRefusedError)          # the node quarantines it by reason
+    assert UnsupportedSpacingError.reason == "unsupported_spacing"
 
 
 def test_spacing_inside_the_range_scales_by_the_ratio() -> None:
