@@ -24,16 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from synth.checkpoint import CheckpointMetadata, save_checkpoint  # noqa: E402
-from synth.nets.cthnet import CTHNet  # noqa: E402
-from synth.nets.spec import CTHNetSpec  # noqa: E402
 from tests.integration.conftest import send_series  # noqa: E402
 from tests.interop.peers import echo, free_port  # noqa: E402
 from tests.support.ct_series import make_ct_series  # noqa: E402
 from tests.support.postgres import running_postgres  # noqa: E402
+from tests.support.tiny_cthnet import tiny_checkpoint  # noqa: E402
 
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
 QUIET_S = 1.0
 
 
@@ -59,18 +55,30 @@ name = "outbox"
 path = "{outbox}"
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "dicom_node", "run", "--receive-only", "--config", str(config)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", "run", "--receive-only", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
         while not echo(port, "SYNTHNODE"):
             if time.monotonic() > deadline:
                 raise TimeoutError("receiver did not start")
             time.sleep(0.1)
-        procs += [subprocess.Popen([sys.executable, "-m", "dicom_node", "worker", "--config", str(config)],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                  for _ in range(workers)]
-        time.sleep(5)                                          # workers loaded (torch import, weights)
+        procs += [
+            subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "worker", "--config", str(config)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(workers)
+        ]
+        time.sleep(5)  # workers loaded (torch import, weights)
         want = 5 * (slices - 1) + 1
         for i in range(n_series):
             series = make_ct_series(slices=slices, rows=size, cols=size, seed=workers * 1000 + i)
@@ -102,16 +110,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         weights = workdir / "tiny.pt"
-        save_checkpoint(weights, CTHNet(TINY), CheckpointMetadata(training_data="none: random, for a benchmark"))
+        tiny_checkpoint(weights, note="none: random weights, for a benchmark")
         results = {}
         for workers in (1, 2):
             with running_postgres() as pg:
                 seconds = run(workers, args.series, args.slices, args.size, pg.url, weights, workdir)
             results[workers] = seconds
-            print(f"{workers} worker(s): {args.series} series in {seconds:.1f} s = "
-                  f"{args.series / seconds * 60:.1f} series/min", file=sys.stderr)
-    print(f"{args.series} series of {args.slices}x{args.size}x{args.size}, tiny CTHNet on CPU, "
-          f"{os.cpu_count()} CPUs\n")
+            print(
+                f"{workers} worker(s): {args.series} series in {seconds:.1f} s = "
+                f"{args.series / seconds * 60:.1f} series/min",
+                file=sys.stderr,
+            )
+    print(f"{args.series} series of {args.slices}x{args.size}x{args.size}, tiny CTHNet on CPU, {os.cpu_count()} CPUs\n")
     print("| workers | seconds | series/min | speed-up |\n|---|---|---|---|")
     for workers, seconds in results.items():
         print(f"| {workers} | {seconds:.1f} | {args.series / seconds * 60:.1f} | {results[1] / seconds:.2f}x |")

@@ -8,21 +8,15 @@ from pathlib import Path
 import pytest
 
 from dicom_node.ledger import SeriesState
-from synth.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
-from synth.nets.cthnet import CTHNet
-from synth.nets.spec import CTHNetSpec
+from synth.checkpoint import file_sha256
 from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
 from tests.support.ct_series import make_ct_series
-
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
+from tests.support.tiny_cthnet import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_checkpoint(path, CTHNet(TINY), CheckpointMetadata(training_data="none: random weights for a test"))
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt")
 
 
 def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingSCP, weights: Path) -> None:

@@ -17,10 +17,9 @@ from synth.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from synth.nets import CTHNet, CTHNetSpec
+from synth.nets import CTHNet
+from tests.support.tiny_cthnet import TINY
 
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
 META = CheckpointMetadata(training_data="synthetic phantoms, 12 cases", epochs=40, val_psnr_db=38.5)
 
 

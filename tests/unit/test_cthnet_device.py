@@ -10,9 +10,8 @@ from synth.device import DeviceUnavailableError, resolve_device, resolve_precisi
 from synth.engine import CTHNetSynthesizer
 from synth.nets import CTHNet, CTHNetSpec
 from synth.volume import CTVolume
+from tests.support.tiny_cthnet import TINY
 
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

@@ -11,10 +11,9 @@ import SimpleITK as sitk
 
 from synth.checkpoint import CheckpointMetadata, save_checkpoint
 from synth.cli import main
-from synth.nets import CTHNet, CTHNetSpec
+from synth.nets import CTHNet
+from tests.support.tiny_cthnet import TINY
 
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
 DIRECTION = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0)   # a coronal-ish, non-identity direction
 
 

@@ -11,9 +11,7 @@ import torch.nn.functional as F
 from synth.nets import CTHNet, CTHNetSpec
 from synth.nets.blocks import SwinBlock, relative_position_index, run_blocks, window_partition, window_reverse
 from synth.nets.cthnet import legacy_nearest_index, sinusoid_positions
-
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
+from tests.support.tiny_cthnet import TINY
 
 
 def official_schema() -> dict[str, tuple[int, ...]]:

@@ -19,9 +19,8 @@ from synth.nets import CTHNet, CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
 from synth.synthesizer import SynthesisRefusedError, build_synthesizer, output_slices
 from synth.volume import CTVolume
+from tests.support.tiny_cthnet import TINY
 
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
 OFFICIAL_GEOMETRY = CTHNetSpec(tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
                                t_fold=4, t_depth=2, i_layers=1, i_depth=2, dec_heads=2)   # 8 → 36, crop 3
 

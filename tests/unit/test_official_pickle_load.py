@@ -19,9 +19,7 @@ from synth.nets import CTHNet, CTHNetSpec
 from synth.nets.blocks import DropPath, Mlp, SwinBlock, WindowAttention
 from synth.nets.cthnet import RSTB, CTHLayer3d, Encoder3d, PatchNorm, ResidualGroup, SwinDecoder2d
 from synth.official_pickle import UnsafeCheckpointError, load_official, read_official_pickle
-
-TINY = CTHNetSpec(in_slices=4, tile_size=32, enc_dim=8, enc_heads=2, enc_depth=2, feat_channels=2,
-                  t_fold=4, t_depth=2, t_window=4, i_layers=1, i_depth=2, i_window=4, dec_heads=2)
+from tests.support.tiny_cthnet import TINY
 
 
 def official_config(spec: CTHNetSpec) -> collections.OrderedDict[str, Any]:
