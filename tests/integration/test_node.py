@@ -255,3 +255,18 @@ def test_a_busy_port_fails_start_up_and_stops_what_ran(node_factory: NodeFactory
     with pytest.raises(OSError):
         second.start()
     assert second._scheduler.running is False
+
+
+def test_retention_removes_finished_work_but_keeps_rejected(node_factory: NodeFactory, pacs: CollectingSCP,
+                                                            tmp_path: Path) -> None:
+    node = node_factory(pacs=pacs, extra={"retention": {"done_days": 0.0, "sweep_interval_s": 0.5}})
+    good, bad = make_ct_series(slices=3), make_ct_series(slices=1)
+    send_series(good, node.scp.port)
+    send_series(bad, node.scp.port)
+    good_uid, bad_uid = str(good[0].SeriesInstanceUID), str(bad[0].SeriesInstanceUID)
+    wait_until(lambda: len(pacs.received) == 11, what="derived series delivered")
+    wait_until(lambda: node.ledger.summary(good_uid) is None, what="finished series purged")
+    assert not (tmp_path / "var" / "incoming" / good_uid).exists()
+    assert not any((tmp_path / "var" / "derived").iterdir())
+    wait_until(lambda: node_state(node, bad_uid) == SeriesState.REJECTED, what="rejected")
+    assert (tmp_path / "var" / "rejected" / bad_uid / "reason").read_text().startswith("single_slice")
