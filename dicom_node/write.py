@@ -56,7 +56,7 @@ def derived_files(directory: Path) -> list[Path]:
     manifest = directory / MANIFEST
     if not manifest.is_file():
         return []
-    return [directory / f"{uid}.dcm" for uid in manifest.read_text().split()]
+    return [directory / f"{uid}.dcm" for uid in manifest.read_text(encoding="ascii").split()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(f"{name}: {pair.thin.shape[0]} thin / {pair.thick.shape[0]} thick slices, "
               f"{len(phantom.nodules)} nodules")
-    (args.output / "nodules.json").write_text(json.dumps(listing, indent=1))
+    (args.output / "nodules.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
     return 0

@@ -152,5 +152,5 @@ def write_report(evaluation: Evaluation, out_dir: Path, title: str, notes: Seque
             lines += [f"![{views.case}]({name})", ""]
     lines += ["## Per case", "", *per_case_table(evaluation), ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -66,12 +66,12 @@ def _load_spec(value: str) -> object:
     path = Path(value)
     if not path.is_file():
         raise ValueError(f"--spec must be a preset {sorted(SPEC_PRESETS)} or a JSON file, got {value!r}")
-    return CTHNetSpec.from_dict(json.loads(path.read_text()))
+    return CTHNetSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def split_names(names: list[str], split: Path | None, val_fraction: float) -> tuple[list[str], list[str]]:
     if split is not None:
-        raw = json.loads(split.read_text())
+        raw = json.loads(split.read_text(encoding="utf-8"))
         train, val = list(raw.get("train", [])), list(raw.get("val", []))
         unknown = sorted(set(train + val) - set(names))
         if unknown:
@@ -124,5 +124,5 @@ def _run(args: argparse.Namespace) -> int:
                    resume=args.resume, data_description=description)
     print(f"stopped after {result.epochs_run} epochs ({result.stopped_because}); best validation PSNR "
           f"{result.best_val_psnr:.2f} dB at epoch {result.best_epoch}; {args.out / 'best.pt'}")
-    (args.out / "history.json").write_text(json.dumps(result.history))
+    (args.out / "history.json").write_text(json.dumps(result.history), encoding="utf-8")
     return 0

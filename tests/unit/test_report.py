@@ -15,7 +15,7 @@ def test_report_has_table_figures_and_cases(tmp_path: Path) -> None:
     cases.append(EvalCase("real", cases[0].thick))           # thick only: consistency only
     result = evaluate(cases, {"BIS": InterpolationSynthesizer(5), "DLS": Oracle(truths, 3.072)}, view_cases=1)
     path = write_report(result, tmp_path / "out", "Test report", notes=["A note."])
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert path.name == "report.md" and text.startswith("# Test report")
     assert "- A note." in text
     assert "| PSNR (dB) | " in text and "60.00 [60.00–60.00]" in text
