@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"simulate-thick: {exc}", file=sys.stderr)
         return 2
-    print(f"{thin.shape[0]} slices at {thin.spacing_mm[0]:g} mm → {thick.shape[0]} at "
+    print(f"{thin.shape[0]} slices at {thin.spacing_mm[0]:g} mm -> {thick.shape[0]} at "
           f"{args.interval:g} mm (thickness {args.thickness:g} mm): {args.output}")
     return 0

@@ -100,7 +100,7 @@ def test_unit_intensities_are_converted() -> None:
 def test_read_errors_and_dicom_series(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such file or folder"):
         read_volume(tmp_path / "missing.nii.gz")
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(DatasetError, match="not a volume file"):
         read_volume(tmp_path / "notes.txt")
     (tmp_path / "bad.nii.gz").write_bytes(b"not gzip")
@@ -127,3 +127,16 @@ def test_read_errors_and_dicom_series(tmp_path: Path) -> None:
     assert volume.shape == (5, 4, 4) and volume.hu.dtype == np.float32
     assert volume.spacing_mm[0] == pytest.approx(5.0)
     assert volume.hu[1, 0, 0] == float(16 % 7 * 10 - 20)
+
+
+def test_more_reading_errors(tmp_path: Path) -> None:
+    from synth.datasets import from_sitk
+
+    with pytest.raises(DatasetError, match="expected a 3-D image, got 2-D"):
+        from_sitk(sitk.Image(4, 4, sitk.sitkFloat32))
+    with pytest.raises(ValueError, match=r"intensity must be one of \('auto', 'hu', 'unit'\), got 'raw'"):
+        read_volume(tmp_path, intensity="raw")
+    (tmp_path / "HD_1mm").mkdir()
+    (tmp_path / "HD_5mm").mkdir()
+    with pytest.raises(DatasetError, match="HD_1mm/ holds no volumes"):
+        discover_pairs(tmp_path)

@@ -103,3 +103,29 @@ def test_evaluate_arguments_are_checked() -> None:
     made = r"case short: BIS made \(26, 24, 24\), the true thin volume is \(16, 24, 24\)"
     with pytest.raises(ValueError, match=made):
         evaluate([short], {"BIS": InterpolationSynthesizer(5)})
+
+
+def test_cli_bis_and_dls_on_a_paired_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from synth.cli import main
+    from synth.datasets import DEFAULT_GEOMETRY, simulated_pair, write_volume
+    from synth.train import TrainConfig, spec_preset, train
+
+    spec = PhantomSpec(slices=16, size=32, pixel_mm=5.0, nodules_min=0, nodules_max=0)
+    pairs = [simulated_pair(f"p{s}", make_phantom(s, spec).volume) for s in (1, 2)]
+    for pair in pairs:
+        write_volume(pair.thin, DEFAULT_GEOMETRY, tmp_path / "data" / "HD_1mm" / f"{pair.name}.nii.gz")
+        write_volume(pair.thick, DEFAULT_GEOMETRY, tmp_path / "data" / "HD_5mm" / f"{pair.name}.nii.gz")
+    tiny = replace(spec_preset("tiny"), dec_drop_path=0.0)
+    train(tiny, pairs, pairs, tmp_path / "w", TrainConfig(epochs=1, val_every=1, val_below_loss=10.0,
+                                                         val_crop=16, progress=False), data_description="t")
+    out = tmp_path / "report"
+    args = ["evaluate", str(tmp_path / "data"), "--out", str(out), "--weights", str(tmp_path / "w" / "best.pt"),
+            "--device", "cpu", "--views", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "psnr_db         BIS: median" in printed and "psnr_db         DLS: median" in printed
+    assert "| PSNR (dB) |" in (out / "report.md").read_text(encoding="utf-8")
+    assert main(["evaluate", "--out", str(out)]) == 2
+    assert "nothing to evaluate: give DATA, --phantoms N or --thick FILE" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_cli_writes_official_layout(tmp_path: Path) -> None:
     thick = sitk.ReadImage(str(tmp_path / "HD_5mm" / "phantom_0006.nii.gz"))
     assert thin.GetSize() == (64, 64, 21) and thick.GetSize() == (64, 64, 5)
     assert thick.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
-    listing = json.loads((tmp_path / "nodules.json").read_text())
+    listing = json.loads((tmp_path / "nodules.json").read_text(encoding="utf-8"))
     assert sorted(listing) == ["phantom_0005", "phantom_0006"]
 
 

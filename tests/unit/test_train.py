@@ -107,9 +107,9 @@ def test_config_and_data_errors(tmp_path: Path) -> None:
 def test_split_names(tmp_path: Path) -> None:
     assert split_names(["c", "a", "b", "d"], None, 0.25) == (["a", "b", "c"], ["d"])
     split = tmp_path / "HD_dict.json"
-    split.write_text(json.dumps({"train": ["a"], "val": ["b"], "test": ["c"]}))
+    split.write_text(json.dumps({"train": ["a"], "val": ["b"], "test": ["c"]}), encoding="utf-8")
     assert split_names(["a", "b", "c"], split, 0.2) == (["a"], ["b"])
-    split.write_text(json.dumps({"train": ["a"], "val": ["z"]}))
+    split.write_text(json.dumps({"train": ["a"], "val": ["z"]}), encoding="utf-8")
     with pytest.raises(ValueError, match="cases not found in the data: z"):
         split_names(["a", "b"], split, 0.2)
     with pytest.raises(ValueError, match=r"--val-fraction must lie in \(0, 1\), got 1"):
@@ -129,3 +129,16 @@ def test_cli_trains_on_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "give a data folder or --phantoms N" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--spec", "nope", "--phantoms", "1"]) == 2
     assert "--spec must be a preset" in capsys.readouterr().err
+
+
+def test_ratio_and_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    thin = CTVolume(np.zeros((13, 16, 16), np.float32), (1.0, 1.0, 1.0))
+    x3 = PairedCase("r3", thin, CTVolume(np.zeros((5, 16, 16), np.float32), (3.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="training case r3: thick/thin ratio 3, the spec needs 5"):
+        train(TINY, [x3], [x3], tmp_path, _cfg())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "val": ["a"]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="needs non-empty 'train' and 'val' lists"):
+        split_names(["a"], split, 0.2)
+    assert main(["train", str(tmp_path), "--phantoms", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "give either a data folder or --phantoms, not both" in capsys.readouterr().err
