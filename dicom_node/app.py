@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +37,8 @@ from synth.synthesizer import SynthesisRefusedError, Synthesizer, build_synthesi
 
 logger = logging.getLogger(__name__)
 
+# The association threads wait on the GIL behind the recorder and the workers; hand it over sooner.
+SWITCH_INTERVAL_S = 0.0005
 PROCESSING_ERROR = "processing_error"
 NO_INSTANCES = "no_instances"
 
@@ -101,6 +104,7 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         pynetdicom_config.PASS_CONTEXTVARS = True
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.cfg.web.enabled:             # first: a busy web port fails start-up before anything runs
             from dicom_node.web.server import WebServer  # the dashboard is optional at import time
 
