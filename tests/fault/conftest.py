@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, create_engine, text
 
 from tests.interop.peers import PeerError, free_port
+from tests.interop.peers import wait_for as _wait_for
+from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -41,7 +42,6 @@ START_TIMEOUT_S = 40.0
 STOP_TIMEOUT_S = 40.0
 NETWORK_TIMEOUT_S = 15.0
 POLL_S = 0.05
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
 def python_for_node() -> str:
@@ -51,16 +51,7 @@ def python_for_node() -> str:
 def wait_for(probe: Callable[[], Any], timeout_s: float, what: str,
              alive: Callable[[], str | None] | None = None, interval_s: float = POLL_S) -> Any:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if alive is not None and (message := alive()) is not None:
-            raise PeerError(f"while waiting for {what}: {message}")
-        if time.monotonic() > deadline:
-            raise PeerError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
+    return _wait_for(probe, timeout_s, what, interval_s=interval_s, alive=alive)
 
 
 def stays(probe: Callable[[], bool], for_s: float, what: str) -> None:
@@ -506,65 +497,13 @@ def pacs_factory() -> Iterator[Callable[..., PacsSCP]]:
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    import glob
-
-    found = sorted(glob.glob(PG_BIN_GLOB), reverse=True)
-    for folder in found:
-        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
-            return Path(folder)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresServer:
-    port: int
-    datadir: Path
-    run_as: tuple[str, ...]
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self, name: str) -> str:
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server on a free loopback port (as user postgres when we are root)."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip(f"PostgreSQL server binaries not found under {PG_BIN_GLOB} (apt-get install postgresql)")
-    run_as: tuple[str, ...] = ()
-    root = Path(tempfile.mkdtemp(prefix="fault-pg-"))
-    if os.geteuid() == 0:
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            pytest.skip("running as root and runuser is missing: initdb refuses to run as root")
-        run_as = (runuser, "-u", "postgres", "--")
-        shutil.chown(root, user="postgres")
-    datadir, port = root / "data", free_port()
-    try:
-        subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(root / "server.log"), "-w",
-                        "-t", "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        "-c max_connections=100", "start"], check=True, capture_output=True, timeout=120)
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(root, ignore_errors=True)
-        raise PeerError(f"PostgreSQL did not start: {exc.stderr.decode(errors='replace')[-2000:]}") from exc
-    try:
-        yield PostgresServer(port, datadir, run_as)
-    finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    """A throwaway PostgreSQL server on a free loopback port (tests/support/postgres.py)."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    with running_postgres() as server:
+        yield server
 
 
 # -- TLS ----------------------------------------------------------------------------------------

@@ -25,7 +25,17 @@ def postgres_bin() -> Path | None:
 @dataclass(frozen=True)
 class PostgresServer:
     port: int
-    url: str            # SQLAlchemy URL of an empty database
+    url: str            # SQLAlchemy URL of an empty database ("dicomnode")
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database (dropped first if it exists); returns its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
 
 def _free_port() -> int:
@@ -61,7 +71,7 @@ def running_postgres(timeout_s: float = 60.0) -> Iterator[PostgresServer]:
 
     pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
     pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "postgres.log"), "-w", "-t", str(int(timeout_s)),
-       "-o", f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+       "-o", f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", "start")
     try:
         deadline = time.monotonic() + timeout_s
         while pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomnode",
