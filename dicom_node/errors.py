@@ -20,6 +20,3 @@ class InvalidSeriesError(NodeError):
         self.reason = reason
         self.detail = detail
 
-
-class SendError(NodeError):
-    """A destination could not take a derived series (association refused, failure statuses)."""

@@ -31,7 +31,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, create_engine, text
 
-from tests.interop.peers import PeerError, free_port
+from tests.interop.peers import PeerError, echo, free_port
 from tests.interop.peers import wait_for as _wait_for
 from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 
@@ -107,17 +107,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_ok(port: int, ae_title: str = NODE_AE, tls: ssl.SSLContext | None = None, timeout_s: float = 3.0) -> bool:
-    ae = AE(ae_title="ECHOPROBE")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, tls_args=(tls, "127.0.0.1") if tls else None)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0
-    finally:
-        assoc.release()
+    return echo(port, ae_title, timeout_s=timeout_s, tls=tls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -77,13 +78,13 @@ def wait_for(
         time.sleep(interval_s)
 
 
-def echo(port: int, ae_title: str, timeout_s: float = 2.0) -> bool:
-    """True when a C-ECHO to 127.0.0.1:port succeeds."""
+def echo(port: int, ae_title: str, timeout_s: float = 2.0, tls: ssl.SSLContext | None = None) -> bool:
+    """True when a C-ECHO to 127.0.0.1:port (over TLS with `tls`) succeeds."""
     ae = AE(ae_title="ECHOPROBE")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, tls_args=(tls, "127.0.0.1") if tls else None)
     if not assoc.is_established:
         return False
     try:
