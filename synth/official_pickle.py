@@ -151,6 +151,8 @@ def read_official_pickle(path: str | os.PathLike[str]) -> tuple[dict[str, torch.
 
 def check_official_config(path: str | os.PathLike[str], config: dict[str, Any], spec: CTHNetSpec) -> None:
     """Refuse weights trained with a configuration other than `spec` (and the official fixed choices)."""
+    if spec.global_residual:
+        raise CheckpointError(path, "official weights were trained without global_residual; the spec asks for it")
     if missing := [k for k in _CONFIG_REQUIRED if k not in config]:
         raise CheckpointError(path, f"config_dict lacks {missing}, so it cannot be checked against the spec")
     expected: dict[str, Any] = {k: getattr(spec, f) for k, f in _CONFIG_FIELDS.items()} | _CONFIG_FIXED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,6 +153,12 @@ class CTHNet(nn.Module):
         self.register_buffer("z_source", legacy_nearest_index(spec.in_slices, spec.window_slices),
                              persistent=False)
         self.apply(_init_weights)
+        if spec.global_residual:
+            self.register_buffer("z_interpolation", bspline_window_matrix(spec.in_slices, spec.ratio),
+                                 persistent=False)
+            nn.init.zeros_(self.conv_last.weight)          # untrained: exactly the interpolation
+            if self.conv_last.bias is not None:
+                nn.init.zeros_(self.conv_last.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
         s = self.spec
@@ -176,6 +183,9 @@ class CTHNet(nn.Module):
         t = self._through_plane(u.reshape(b, zo, c, h, w))               # official pseudo-slice view
         f = self.conv_after_body(self.Decoder_I1(t.reshape(b, c * zo, h, w), chunk)) + u.reshape(b, c * zo, h, w)
         out: torch.Tensor = self.conv_last(self.conv_before_upsample(f.reshape(b, c, zo, h, w)))
+        if self.spec.global_residual:
+            base = torch.einsum("oz,bczyx->bcoyx", self.z_interpolation.to(x.dtype), x)
+            out = out + base
         return out
 
     def _through_plane(self, g: torch.Tensor) -> torch.Tensor:
@@ -189,6 +199,20 @@ class CTHNet(nn.Module):
         cor_out: torch.Tensor = self.Decoder_T1(cor, self.chunk_tokens)
         cor = cor_out.reshape(b, h // p, k, p, n, w).permute(0, 4, 2, 1, 3, 5)
         return sag.reshape(b, n, k, h, w) + cor.reshape(b, n, k, h, w)
+
+
+def bspline_window_matrix(in_slices: int, ratio: int) -> torch.Tensor:
+    """(window_slices, in_slices) matrix M with M @ thick = the BIS interpolation of one window.
+
+    Built by interpolating unit impulses with synth.interpolate (the node's BIS backend), so the
+    residual base and the BIS baseline are one computation.
+    """
+    from synth.interpolate import interpolate_z
+    from synth.volume import CTVolume
+
+    impulses = np.eye(in_slices, dtype=np.float32)[:, :, None]          # (z, impulse, 1)
+    thin = interpolate_z(CTVolume(impulses, (float(ratio), 1.0, 1.0)), ratio).hu[:, :, 0]
+    return torch.from_numpy(np.ascontiguousarray(thin))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -34,6 +34,10 @@ class CTHNetSpec:
     dec_heads: int = 8                              # heads of both decoders (TD_n)
     mlp_ratio: int = 4                              # (T3d_mlp)
     dec_drop_path: float = 0.1                      # stochastic depth of the decoders, training only
+    # Not in the official code: add the cubic B-spline interpolation of the window's thick slices to the
+    # output, so the network learns only the correction (VDSR-style global residual). Parameter-free: the
+    # state_dict keys are the same; the last conv starts at zero, so an untrained model equals BIS.
+    global_residual: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -42,6 +46,9 @@ class CTHNetSpec:
                 if not (isinstance(value, tuple) and len(value) == 3
                         and all(type(v) is int and v >= 1 for v in value)):
                     raise ValueError(f"CTHNetSpec.enc_window must be a tuple of three positive ints, got {value!r}")
+            elif f.name == "global_residual":
+                if type(value) is not bool:
+                    raise ValueError(f"CTHNetSpec.global_residual must be a bool, got {value!r}")
             elif f.name == "dec_drop_path":
                 if not (isinstance(value, float) and 0.0 <= value < 1.0):
                     raise ValueError(f"CTHNetSpec.dec_drop_path must be a float in [0, 1), got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -187,6 +188,7 @@ def test_through_plane_reshape_follows_the_official_order() -> None:
         ({"in_slices": 1}, r"CTHNetSpec needs in_slices >= 2 and ratio >= 2, got 1 and 5"),
         ({"in_slices": 9}, r"the z window 2 must divide and be smaller than the window size 9"),
         ({"mlp_ratio": 2.0}, r"CTHNetSpec.mlp_ratio must be a positive int, got 2.0"),
+        ({"global_residual": 1}, r"CTHNetSpec.global_residual must be a bool, got 1"),
         ({"i_window": 256, "t_fold": 8}, r"tile_size=256 must be divisible by i_window=256|must be smaller than"),
     ],
 )
@@ -231,3 +233,27 @@ def test_chunked_inference_equals_plain_inference() -> None:
         model.chunk_tokens = 256
         chunked = model(x)
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_global_residual_starts_as_bis_and_keeps_the_schema() -> None:
+    """Untrained, a global-residual CTHNet returns exactly the BIS interpolation of its window."""
+    from synth.interpolate import interpolate_z
+    from synth.volume import CTVolume
+
+    spec = dataclasses.replace(TINY, global_residual=True)
+    model = CTHNet(spec).eval()
+    assert list(model.state_dict()) == list(CTHNet(TINY).state_dict())      # parameter-free: same keys
+    x = torch.rand(2, 1, spec.in_slices, 32, 32)
+    with torch.no_grad():
+        thin = model.forward_window(x)
+    for b in range(2):
+        bis = interpolate_z(CTVolume(x[b, 0].numpy(), (5.0, 1.0, 1.0)), spec.ratio).hu
+        torch.testing.assert_close(thin[b, 0], torch.from_numpy(bis), atol=1e-5, rtol=0)
+    # the correction is learnable: one step moves the output away from BIS
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    loss = (model(x) - 0.5).abs().mean()
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model.eval().forward_window(x), thin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import subprocess
 import sys
@@ -180,6 +181,13 @@ def test_a_different_saved_config_is_refused(tmp_path: Path, monkeypatch: pytest
     torch.save({"net": state, "config_dict": config}, path)      # a state_dict form is accepted too
     with pytest.raises(CheckpointError, match=message):
         load_official(path, TINY)
+
+
+def test_official_weights_refuse_a_global_residual_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "official.pkl"
+    write_official_pickle(path, CTHNet(TINY), official_config(TINY), monkeypatch)
+    with pytest.raises(CheckpointError, match=r"trained without global_residual"):
+        load_official(path, dataclasses.replace(TINY, global_residual=True))
 
 
 def test_missing_config_and_wrong_content_are_refused(tmp_path: Path) -> None:
