@@ -90,12 +90,15 @@ def describe(identity: SynthIdentity, source_spacing_mm: float, factor: int) -> 
     what = f"{identity.name}, {identity.backend} {identity.version}"
     if identity.weights_sha256:
         what += f", weights sha256 {identity.weights_sha256}"
-    return f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices"
+    caution = f"; {identity.caution}" if identity.caution else ""
+    return f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices{caution}"
 
 
 def series_description(identity: SynthIdentity, thin_mm: float, source_description: str) -> str:
     label = f"SYNTH {thin_mm:.1f}mm {identity.name.split()[0]}" if identity.is_model else \
         f"INTERP {thin_mm:.1f}mm not AI"
+    if identity.caution:
+        label += " NOT CLINICAL"
     return f"{label} {source_description}".strip()[:64]
 
 
@@ -143,7 +146,7 @@ def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, se
     ds.DerivationDescription = description[:1024]
     ds.DerivationCodeSequence = Sequence([_code_item(codes.DCM.SpatialResampling)])
     ds.ContributingEquipmentSequence = Sequence([_equipment(identity, description, when)])
-    ds.ImageComments = (
+    ds.ImageComments = (f"{identity.caution}. " if identity.caution else "") + (
         f"AI-synthesized {thin_mm:.2f} mm slices ({identity.name}); not acquired data"
         if identity.is_model else
         f"Interpolated {thin_mm:.2f} mm slices ({identity.name}); not AI, not acquired data"

@@ -41,6 +41,7 @@ class CheckpointMetadata:
     val_psnr_db: float | None = None
     code_version: str = synth.__version__
     notes: str = ""
+    not_for_clinical_use: bool = False  # e.g. phantom-trained weights: every derived series says so
     extra: dict[str, Any] = field(default_factory=dict)   # plain values only (e.g. the training config)
 
     def __post_init__(self) -> None:
@@ -50,6 +51,9 @@ class CheckpointMetadata:
             raise ValueError(f"CheckpointMetadata.epochs must be a non-negative int or None, got {self.epochs!r}")
         if self.val_psnr_db is not None and not isinstance(self.val_psnr_db, float):
             raise ValueError(f"CheckpointMetadata.val_psnr_db must be a float or None, got {self.val_psnr_db!r}")
+        if type(self.not_for_clinical_use) is not bool:
+            raise ValueError("CheckpointMetadata.not_for_clinical_use must be a bool, got "
+                             f"{self.not_for_clinical_use!r}")
         if not isinstance(self.extra, dict):
             raise ValueError(f"CheckpointMetadata.extra must be a dict, got {type(self.extra).__name__}")
 

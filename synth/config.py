@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 BACKENDS = ("interpolation", "cthnet")
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "cthnet-phantom-v1.pt"
+"""Phantom-trained demonstration weights (see synth/weights/MODEL_CARD.md): used by the cthnet backend
+when synth.weights is empty; every series they make says NOT FOR CLINICAL USE."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -22,8 +26,6 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"synth.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "cthnet" and not self.weights:
-            raise ValueError("synth.weights must name a weights file when synth.backend is 'cthnet'")
         if not _DEVICE_RE.match(self.device):
             raise ValueError(f"synth.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.factor < 2:
@@ -35,3 +37,8 @@ class SynthConfig:
                 "synth.min_input_spacing_mm must be positive and not above max_input_spacing_mm, got "
                 f"{self.min_input_spacing_mm} and {self.max_input_spacing_mm}"
             )
+
+    @property
+    def weights_path(self) -> str:
+        """synth.weights, or the shipped phantom-trained weights when it is empty."""
+        return self.weights or str(SHIPPED_WEIGHTS)

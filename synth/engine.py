@@ -61,7 +61,8 @@ class CTHNetSynthesizer:
     def __init__(self, model: nn.Module, *, weights_sha256: str, name: str = "CTHNet", device: str = "auto",
                  batch_size: int = 1, precision: str = "auto", z_stride: int | None = None, tile: int | None = None,
                  min_overlap: int | None = None, margin: int | None = None,
-                 min_spacing_mm: float = 4.0, max_spacing_mm: float = 6.0, chunk_tokens: int | None = None) -> None:
+                 min_spacing_mm: float = 4.0, max_spacing_mm: float = 6.0, chunk_tokens: int | None = None,
+                 caution: str = "") -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(spec, CTHNetSpec):
             raise TypeError(f"CTHNetSynthesizer needs a model with a CTHNetSpec `spec`, got {type(model).__name__}")
@@ -93,7 +94,7 @@ class CTHNetSynthesizer:
             setattr(self.model, "chunk_tokens", chunk_tokens)  # noqa: B010 (nn.Module typing of attributes)
         self.factor = spec.ratio
         self.identity = SynthIdentity(backend="cthnet", name=name, version=synth.__version__,
-                                      weights_sha256=weights_sha256, is_model=True)
+                                      weights_sha256=weights_sha256, is_model=True, caution=caution)
 
     @classmethod
     def from_config(cls, cfg: SynthConfig, *, precision: str = "auto",
@@ -103,7 +104,7 @@ class CTHNetSynthesizer:
         CPU runs one window at a time (larger batches gain nothing there and cost 2.5 GB each);
         synth.batch_size applies on CUDA.
         """
-        weights = load_weights(cfg.weights)
+        weights = load_weights(cfg.weights_path)
         if cfg.factor != weights.spec.ratio:
             raise ValueError(f"synth.factor is {cfg.factor} but the CTHNet weights are for x{weights.spec.ratio}")
         device = resolve_device(cfg.device)
@@ -111,7 +112,13 @@ class CTHNetSynthesizer:
         n_params = sum(p.numel() for p in model.parameters())
         name = (f"CTHNet thick-to-thin CT synthesis (Yu et al., npj Digit. Med. 2024), "
                 f"{weights.source} weights, {n_params} parameters")
-        return cls(model, weights_sha256=weights.sha256, name=name, device=str(device), precision=precision,
+        caution = ""
+        if weights.metadata.not_for_clinical_use:
+            caution = f"NOT FOR CLINICAL USE: weights trained on {weights.metadata.training_data}"
+            logger.warning("synth weights %s are marked not for clinical use (trained on %s); every derived "
+                           "series says so", weights.sha256[:12], weights.metadata.training_data)
+        return cls(model, weights_sha256=weights.sha256, name=name, caution=caution, device=str(device),
+                   precision=precision,
                    chunk_tokens=chunk_tokens,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
                    min_spacing_mm=cfg.min_input_spacing_mm, max_spacing_mm=cfg.max_input_spacing_mm)

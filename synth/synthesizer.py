@@ -35,6 +35,7 @@ class SynthIdentity:
     version: str                 # software version of the backend
     weights_sha256: str = ""     # empty when the backend has no weights
     is_model: bool = False
+    caution: str = ""            # e.g. "NOT FOR CLINICAL USE: ..."; shown in every derived series
 
     @property
     def key(self) -> str:

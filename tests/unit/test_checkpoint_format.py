@@ -102,6 +102,8 @@ def test_metadata_and_save_arguments_are_validated(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "x.pt", CTHNet(TINY), [])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"CheckpointMetadata.extra must be a dict, got list"):
         CheckpointMetadata(training_data="x", extra=[])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"not_for_clinical_use must be a bool, got 'yes'"):
+        CheckpointMetadata(training_data="x", not_for_clinical_use="yes")  # type: ignore[arg-type]
 
 
 def test_metadata_from_a_plain_mapping_keeps_extra_keys(tmp_path: Path) -> None:

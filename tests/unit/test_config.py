@@ -36,7 +36,6 @@ def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
         ({"series": {"quiet_period_s": 0}}, r"series.quiet_period_s must be positive"),
         ({"series": {"min_spacing_mm": 7.0}}, r"min_spacing_mm must be positive and not above"),
         ({"synth": {"backend": "magic"}}, r"synth.backend must be one of"),
-        ({"synth": {"backend": "cthnet"}}, r"synth.weights must name a weights file"),
         ({"destinations": {"name": "x"}}, r"destinations must be an array of tables"),
         ({"destinations": [{"name": "p", "ae_title": "P", "host": "h"}]}, r"destinations\[0\].*port"),
         ({"destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 1}],
@@ -53,6 +52,14 @@ def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: 
 def test_non_loopback_listener_allowed_with_allow_list_or_explicit_any() -> None:
     assert parse_config({"node": {"host": "0.0.0.0", "allowed_callers": ["PACS"]}}).node.host == "0.0.0.0"
     assert parse_config({"node": {"host": "0.0.0.0", "allow_any_caller": True}}).node.allow_any_caller
+
+
+def test_cthnet_without_weights_uses_the_shipped_phantom_weights() -> None:
+    from synth.config import SHIPPED_WEIGHTS
+
+    synth = parse_config({"synth": {"backend": "cthnet"}}).synth
+    assert synth.weights_path == str(SHIPPED_WEIGHTS)
+    assert parse_config({"synth": {"backend": "cthnet", "weights": "/w.pt"}}).synth.weights_path == "/w.pt"
 
 
 def test_integer_accepted_where_float_expected() -> None:

@@ -173,6 +173,16 @@ def test_from_config_loads_a_checkpoint_and_reports_its_identity(tmp_path: Path)
     assert "CTHNet" in synth.identity.name and "checkpoint weights" in synth.identity.name
     assert synth.factor == 5 and synth.batch_size == 1 and synth.device.type == "cpu"   # CPU: one window at a time
     assert synth(random_volume(2, 32, 32)).shape == (6, 32, 32)
+    assert synth.identity.caution == ""
+
+
+def test_weights_marked_not_for_clinical_use_carry_a_caution(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "demo.pt"
+    save_checkpoint(path, CTHNet(TINY), CheckpointMetadata(training_data="3 phantoms", not_for_clinical_use=True))
+    synth = build_synthesizer(SynthConfig(backend="cthnet", weights=str(path), device="cpu"))
+    assert synth.identity.caution == "NOT FOR CLINICAL USE: weights trained on 3 phantoms"
+    assert "marked not for clinical use" in caplog.text
 
 
 def test_from_config_refuses_a_factor_the_weights_are_not_for(tmp_path: Path) -> None:

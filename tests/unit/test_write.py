@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,6 +90,16 @@ def test_model_output_records_weights_checksum(tmp_path: Path) -> None:
     assert "ab" * 32 in ds.DerivationDescription
     assert "ab" * 32 in list(ds.ContributingEquipmentSequence[0].SoftwareVersions)
     assert "AI-synthesized" in ds.ImageComments
+
+
+def test_weights_not_for_clinical_use_say_so_in_every_instance(tmp_path: Path) -> None:
+    demo = dataclasses.replace(MODEL, caution="NOT FOR CLINICAL USE: weights trained on 34 chest phantoms")
+    _, _, out = derive(tmp_path, identity=demo)
+    for ds in (out[0], out[-1]):
+        assert ds.SeriesDescription.startswith("SYNTH 1.0mm CTHNet NOT CLINICAL")
+        assert ds.ImageComments.startswith("NOT FOR CLINICAL USE: weights trained on 34 chest phantoms. ")
+        assert ds.DerivationDescription.endswith("; NOT FOR CLINICAL USE: weights trained on 34 chest phantoms")
+        assert "NOT FOR CLINICAL USE" in ds.ContributingEquipmentSequence[0].ContributionDescription
 
 
 def test_references_point_at_bracketing_source_slices(tmp_path: Path) -> None:
