@@ -113,7 +113,11 @@ def evaluate(
     view_cases: int = 2,
     on_case: Callable[[str], None] | None = None,
 ) -> Evaluation:
-    """Run every synthesizer on every case and score it."""
+    """Run every synthesizer on every case and score it.
+
+    Views (coronal and sagittal) are kept for the first `view_cases` cases and for every case without
+    truth (real thick data), which has nothing else to be judged by than data consistency and the eye.
+    """
     if not cases:
         raise ValueError("evaluate needs at least one case")
     if not synthesizers:
@@ -138,7 +142,7 @@ def evaluate(
                 shown[TRUTH] = case.thin
             for name, vol in shown.items():
                 detections.setdefault(name, []).append((detect_blobs(vol), case.nodules))
-        if index < view_cases:
+        if index < view_cases or case.thin is None:         # no truth: looking is the only other check
             shown_views = {THICK: case.thick, **outputs}
             if case.thin is not None:
                 shown_views[TRUTH] = case.thin

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phantom-pixel-mm", type=float, default=1.4)
     parser.add_argument("--thick", type=Path, nargs="*", default=[], help="real thick volumes without truth")
     parser.add_argument("--fp-per-case", type=float, default=2.0, help="operating point of the nodule check")
-    parser.add_argument("--views", type=int, default=2, help="cases shown as coronal/sagittal figures")
+    parser.add_argument("--views", type=int, default=2,
+                        help="cases with truth shown as coronal/sagittal figures (cases without truth always are)")
     parser.add_argument("--title", default="Thick-to-thin CT synthesis: DLS vs BIS")
 
 
