@@ -91,7 +91,12 @@ def describe(identity: SynthIdentity, source_spacing_mm: float, factor: int) -> 
     if identity.weights_sha256:
         what += f", weights sha256 {identity.weights_sha256}"
     caution = f"; {identity.caution}" if identity.caution else ""
-    return f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices{caution}"
+    return ascii_text(f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices{caution}")
+
+
+def ascii_text(text: str) -> str:
+    """Text we author goes into series whose character set we copy, possibly the default (ASCII)."""
+    return text.encode("ascii", "replace").decode("ascii")
 
 
 def series_description(identity: SynthIdentity, thin_mm: float, source_description: str) -> str:
@@ -146,11 +151,11 @@ def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, se
     ds.DerivationDescription = description[:1024]
     ds.DerivationCodeSequence = Sequence([_code_item(codes.DCM.SpatialResampling)])
     ds.ContributingEquipmentSequence = Sequence([_equipment(identity, description, when)])
-    ds.ImageComments = (f"{identity.caution}. " if identity.caution else "") + (
+    ds.ImageComments = ascii_text((f"{identity.caution}. " if identity.caution else "") + (
         f"AI-synthesized {thin_mm:.2f} mm slices ({identity.name}); not acquired data"
         if identity.is_model else
         f"Interpolated {thin_mm:.2f} mm slices ({identity.name}); not AI, not acquired data"
-    )[:10240]
+    ))[:10240]
     ds.BurnedInAnnotation = "NO"
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in source.orientation]
     ds.PixelSpacing = [f"{v:.6g}" for v in source.pixel_spacing_mm]

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
             pair = simulated_pair(f"phantom_{seed:04d}", phantom.volume)
             cases.append(EvalCase(pair.name, pair.thick, pair.thin, phantom.nodules))
         notes.append(f"Phantoms: {args.phantoms} generated chest phantoms, seeds {args.phantom_seed}.."
-                     f"{args.phantom_seed + args.phantoms - 1} ({pspec.slices} x {pspec.size}² at "
+                     f"{args.phantom_seed + args.phantoms - 1} ({pspec.slices} x {pspec.size} x {pspec.size} at "
                      f"{pspec.slice_mm} x {pspec.pixel_mm} mm), thick simulated with the triangular 5/5 mm kernel.")
     for path in args.thick:
         thick, _ = read_volume(path, args.intensity)

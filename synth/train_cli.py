@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         cases = [simulated_pair(f"phantom_{s:04d}", make_phantom(s, pspec).volume, spec.ratio)
                  for s in range(args.phantom_seed, args.phantom_seed + args.phantoms)]
         description = (f"{args.phantoms} synthetic chest phantoms (seeds {args.phantom_seed}.."
-                       f"{args.phantom_seed + args.phantoms - 1}, {pspec.slices} x {pspec.size}² at "
+                       f"{args.phantom_seed + args.phantoms - 1}, {pspec.slices} x {pspec.size} x {pspec.size} at "
                        f"{pspec.slice_mm} x {pspec.pixel_mm} mm), thick simulated with the triangular 5/5 mm kernel")
     elif args.data is not None:
         cases = list(iter_cases(args.data, args.mode, spec.ratio, args.intensity))

@@ -94,6 +94,8 @@ def test_model_output_records_weights_checksum(tmp_path: Path) -> None:
 
 def test_weights_not_for_clinical_use_say_so_in_every_instance(tmp_path: Path) -> None:
     demo = dataclasses.replace(MODEL, caution="NOT FOR CLINICAL USE: weights trained on 34 chest phantoms")
+    _, _, out = derive(tmp_path / "accented", identity=dataclasses.replace(demo, name="CTHNet 256² réseau"))
+    assert "CTHNet 256? r?seau" in out[0].DerivationDescription and "CTHNet 256? r?seau" in out[0].ImageComments
     _, _, out = derive(tmp_path, identity=demo)
     for ds in (out[0], out[-1]):
         assert ds.SeriesDescription.startswith("SYNTH 1.0mm CTHNet NOT CLINICAL")
