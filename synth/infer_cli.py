@@ -1,4 +1,7 @@
-"""`python -m synth infer INPUT OUTPUT --weights W`: thick-slice volume in, thin-slice NIfTI out.
+"""`python -m synth infer INPUT OUTPUT [--weights W]`: thick-slice volume in, thin-slice NIfTI out.
+
+Without --weights the shipped phantom-trained demonstration weights are used (not for clinical use;
+synth/weights/MODEL_CARD.md), and the command says so.
 
 INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series (read with SimpleITK). The
 output keeps the input's origin and direction; its slice spacing is the input's divided by 5, and
@@ -25,7 +28,9 @@ class InputError(ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="thick-slice volume: NIfTI/NRRD/MHA file or DICOM series folder")
     parser.add_argument("output", type=Path, help="thin-slice output (.nii.gz, .nii, .nrrd or .mha)")
-    parser.add_argument("--weights", required=True, help="our checkpoint (.pt) or the official CTHNet .pkl")
+    parser.add_argument("--weights", default="",
+                        help="our checkpoint (.pt) or the official CTHNet .pkl (default: the shipped "
+                             "phantom-trained demonstration weights, not for clinical use)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU")
@@ -103,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.input} -> {output}: {volume.shape[0]} slices at {sz:g} mm -> {thin.shape[0]} at "
           f"{thin.spacing_mm[0]:g} mm ({synthesizer.identity.backend}, weights sha256 "
           f"{synthesizer.identity.weights_sha256[:12]})")
+    if synthesizer.identity.caution:
+        print(synthesizer.identity.caution)
     return 0
 
 
