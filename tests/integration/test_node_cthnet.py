@@ -9,6 +9,7 @@ import pytest
 
 from dicom_node.ledger import SeriesState
 from synth.checkpoint import file_sha256
+from synth.config import SHIPPED_WEIGHTS
 from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
 from tests.support.ct_series import make_ct_series
 from tests.support.tiny_cthnet import tiny_checkpoint
@@ -45,3 +46,17 @@ def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingS
     summary = node.ledger.summary(uid)
     assert summary is not None and summary.reason == "unsupported_spacing"
     assert "4.2 mm is outside 4.5-6 mm" in summary.detail
+
+
+def test_cthnet_backend_out_of_the_box_says_not_for_clinical_use(node_factory: NodeFactory,
+                                                                 pacs: CollectingSCP) -> None:
+    """No synth.weights: the shipped phantom-trained weights, and every instance says what they are."""
+    node = node_factory(pacs=pacs, extra={"synth": {"backend": "cthnet", "device": "cpu"}})
+    source = make_ct_series(slices=3, rows=64, cols=64)
+    send_series(source, node.scp.port)
+    wait_until(lambda: len(pacs.received) == 11, timeout_s=60, what="11 derived instances")
+    sha = file_sha256(SHIPPED_WEIGHTS)
+    for ds in pacs.received:
+        assert ds.SeriesDescription.startswith("SYNTH 1.0mm CTHNet NOT CLINICAL")
+        assert ds.ImageComments.startswith("NOT FOR CLINICAL USE: weights trained on ")
+        assert sha in ds.DerivationDescription

@@ -1,0 +1,82 @@
+"""The phantom-trained weights in synth/weights/: what the model card says, and better than BIS."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from synth.checkpoint import file_sha256, load_weights
+from synth.cli import main
+from synth.config import SHIPPED_WEIGHTS, SynthConfig
+from synth.datasets import PairedCase, simulated_pair
+from synth.engine import CTHNetSynthesizer
+from synth.interpolate import interpolate_z
+from synth.metrics import data_consistency_psnr, psnr
+from synth.phantom import PhantomSpec, make_phantom
+from synth.synthesizer import build_synthesizer
+from synth.volume import CTVolume
+from tests.unit.test_cthnet_infer_cli import thick_image
+
+MODEL_CARD = SHIPPED_WEIGHTS.parent / "MODEL_CARD.md"
+GAIN_FLOOR_DB = 2.0             # measured +3.9 dB on this case (MODEL_CARD.md): only a real regression fails
+
+
+def held_out_pair(seed: int) -> PairedCase:
+    """A phantom seed outside training (1000..1033) and the report (5000..5005), 128² central crop."""
+    phantom = make_phantom(seed, PhantomSpec(slices=46))
+    hu = np.ascontiguousarray(phantom.volume.hu[:, 64:192, 64:192])
+    return simulated_pair(f"held_out_{seed}", CTVolume(hu, phantom.volume.spacing_mm))
+
+
+def test_model_card_names_the_shipped_file_and_its_checksum() -> None:
+    card = MODEL_CARD.read_text(encoding="utf-8")
+    recorded = re.search(r"sha256 `([0-9a-f]{64})`", card)
+    assert recorded is not None, "MODEL_CARD.md must record the weights' sha256"
+    assert recorded.group(1) == file_sha256(SHIPPED_WEIGHTS)
+    assert SHIPPED_WEIGHTS.name in card and "not for clinical use" in card.lower()
+
+
+def test_installed_packages_carry_the_weights() -> None:
+    """Docker and wheels install synth/ without the source tree: the weights must be package data."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "weights/*.pt" in pyproject["tool"]["setuptools"]["package-data"]["synth"]
+
+
+def test_shipped_weights_are_marked_phantom_trained_and_not_for_clinical_use() -> None:
+    weights = load_weights(SHIPPED_WEIGHTS)
+    assert weights.source == "checkpoint"
+    assert weights.metadata.not_for_clinical_use
+    assert "phantom" in weights.metadata.training_data
+    assert weights.spec.global_residual and weights.spec.ratio == 5
+
+
+def test_the_node_runs_the_cthnet_backend_out_of_the_box() -> None:
+    synth = build_synthesizer(SynthConfig(backend="cthnet", device="cpu"))
+    assert isinstance(synth, CTHNetSynthesizer)
+    assert synth.identity.is_model and synth.identity.weights_sha256 == file_sha256(SHIPPED_WEIGHTS)
+    assert synth.identity.caution.startswith("NOT FOR CLINICAL USE: weights trained on ")
+
+
+def test_beats_bis_on_a_held_out_phantom_and_explains_its_input() -> None:
+    pair = held_out_pair(7001)
+    dls = build_synthesizer(SynthConfig(backend="cthnet", device="cpu"))(pair.thick)
+    bis = interpolate_z(pair.thick, 5)
+    assert dls.shape == bis.shape == pair.thin.shape
+    gain = psnr(pair.thin.hu, dls.hu) - psnr(pair.thin.hu, bis.hu)
+    assert gain > GAIN_FLOOR_DB, f"DLS - BIS = {gain:.2f} dB"
+    assert data_consistency_psnr(pair.thick, dls) > data_consistency_psnr(pair.thick, bis)
+
+
+def test_infer_without_weights_uses_the_shipped_ones_and_says_so(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "thick.nii.gz", tmp_path / "thin.nii.gz"
+    sitk.WriteImage(thick_image(n=3, rows=64, cols=64), str(src))
+    assert main(["infer", str(src), str(dst), "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert file_sha256(SHIPPED_WEIGHTS)[:12] in out and "NOT FOR CLINICAL USE" in out
+    assert sitk.ReadImage(str(dst)).GetSize() == (64, 64, 11)
