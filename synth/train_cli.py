@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phantom-slices", type=int, default=126)
     parser.add_argument("--phantom-size", type=int, default=256)
     parser.add_argument("--phantom-pixel-mm", type=float, default=1.4)
-    parser.add_argument("--spec", default="official", help="spec preset (official, cpu-small, tiny) or a JSON file")
+    parser.add_argument("--spec", default="official",
+                        help="spec preset (official, cpu-residual, cpu-small, tiny) or a JSON file")
     parser.add_argument("--epochs", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -34,14 +35,16 @@ def _cfg(**kw: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def test_two_steps_lower_the_loss_and_write_best(tmp_path: Path) -> None:
+@pytest.mark.parametrize("residual", [False, True], ids=["official", "global_residual"])
+def test_two_steps_lower_the_loss_and_write_best(tmp_path: Path, residual: bool) -> None:
+    spec = dataclasses.replace(TINY, global_residual=residual)
     case = _case("a", 0)                        # exactly one crop: the same pair each step
-    result = train(TINY, [case], [case], tmp_path, _cfg(), data_description="test pair")
+    result = train(spec, [case], [case], tmp_path, _cfg(), data_description="test pair")
     assert [h["epoch"] for h in result.history] == [0.0, 1.0]
     assert result.history[1]["loss"] < result.history[0]["loss"]
     assert result.best_epoch in (0, 1) and np.isfinite(result.best_val_psnr)
     loaded = load_checkpoint(tmp_path / "best.pt")
-    assert loaded.spec == TINY and loaded.metadata.training_data == "test pair"
+    assert loaded.spec == spec and loaded.metadata.training_data == "test pair"
     assert (tmp_path / "last.pt").exists()
 
 
