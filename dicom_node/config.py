@@ -39,6 +39,7 @@ class NodeSection:
     max_pdu: int = 0                 # 0 = unlimited
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    receive_poll_us: int = 20        # how often a busy association is polled (pynetdicom: 1000); see polling.py
     allow_any_caller: bool = False   # required for a non-loopback listener without an allow-list
     allowed_callers: list[str] = field(default_factory=list)   # "AE" or "AE@host"; empty = any
     disk_watermark: float = 0.95     # refuse stores (0xA700) above this fraction of the disk in use
@@ -59,6 +60,8 @@ class NodeSection:
                              f"got {self.uid_root!r}")
         if self.dimse_timeout_s <= 0 or self.network_timeout_s <= 0:
             raise ValueError("node.dimse_timeout_s and node.network_timeout_s must be positive")
+        if not 1 <= self.receive_poll_us <= 1000:
+            raise ValueError(f"node.receive_poll_us must be in 1-1000, got {self.receive_poll_us}")
         if not 0 < self.disk_watermark <= 1:
             raise ValueError(f"node.disk_watermark must be in (0, 1], got {self.disk_watermark}")
         for entry in self.allowed_callers:

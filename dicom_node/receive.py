@@ -36,6 +36,7 @@ from pynetdicom.dsutils import encode_file_meta
 
 from dicom_node.config import NodeSection
 from dicom_node.netutil import VERIFICATION, server_tls_context, set_nodelay
+from dicom_node.polling import AdaptivePolling
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.uids import checked_uid
 
@@ -89,6 +90,7 @@ class StoreSCP:
         self._ae.acse_timeout = cfg.network_timeout_s
         self._ae.require_called_aet = True
         self._server: object | None = None
+        self._polling = AdaptivePolling(cfg.receive_poll_us / 1e6)
 
     @property
     def port(self) -> int:
@@ -100,10 +102,13 @@ class StoreSCP:
     def start(self) -> None:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REQUESTED, self._check_caller),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_REJECTED, self._log_rejected),
         ]
+        self._polling.start()
         self._server = self._ae.start_server((self._cfg.host, self._cfg.port), block=False,
                                              evt_handlers=handlers, ssl_context=server_tls_context(self._cfg))
         logger.info("Storage SCP %s listening on %s:%d%s", self._cfg.ae_title, self._cfg.host, self.port,
@@ -121,7 +126,14 @@ class StoreSCP:
             time.sleep(0.05)
         server.shutdown()  # type: ignore[attr-defined]                      # aborts what is left
         self._server = None
+        self._polling.stop()
         logger.info("Storage SCP stopped")
+
+    def _on_open(self, event: evt.Event) -> None:
+        self._polling.touch(event.assoc.dul)
+
+    def _on_close(self, event: evt.Event) -> None:
+        self._polling.forget(event.assoc.dul)
 
     def _check_caller(self, event: evt.Event) -> None:
         """EVT_REQUESTED: refuse callers not on the allow-list (AE title, optionally with host)."""
@@ -147,6 +159,7 @@ class StoreSCP:
         return status
 
     def _handle_store(self, event: evt.Event) -> int:
+        self._polling.touch(event.assoc.dul)
         calling_ae = str(event.assoc.requestor.ae_title)
         if self._accept_store is not None and (status := self._accept_store()) != STATUS_SUCCESS:
             return self._refuse(status)

@@ -33,6 +33,7 @@ def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
         ({"node": {"port": "11112"}}, r"node.port: expected int, got '11112'"),
         ({"node": {"port": 70000}}, r"node.port must be a TCP port"),
         ({"node": {"ae_title": "A" * 17}}, r"node.ae_title must be 1-16"),
+        ({"node": {"receive_poll_us": 0}}, r"node.receive_poll_us must be in 1-1000, got 0"),
         ({"series": {"quiet_period_s": 0}}, r"series.quiet_period_s must be positive"),
         ({"series": {"min_spacing_mm": 7.0}}, r"min_spacing_mm must be positive and not above"),
         ({"synth": {"backend": "magic"}}, r"synth.backend must be one of"),
