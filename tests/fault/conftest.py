@@ -28,10 +28,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine, create_engine, text
 
-from tests.interop.peers import PeerError, echo, free_port
+from tests.interop.peers import PeerError, echo, free_port, stop_process
 from tests.interop.peers import wait_for as _wait_for
 from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 
@@ -206,12 +207,17 @@ def send_datasets(datasets: Sequence[Dataset], port: int, *, calling_ae: str = "
     syntaxes = sorted({str(ds.file_meta.TransferSyntaxUID) for ds in datasets}) or [ExplicitVRLittleEndian]
     ae = scu(calling_ae, syntaxes)
     assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=(tls, "127.0.0.1") if tls else None)
+    return _store_each(assoc, datasets)
+
+
+def _store_each(assoc: Association, items: Sequence[Dataset] | Sequence[Path]) -> list[int]:
+    """C-STORE every item on an association and release it; -1 where there is no association or response."""
     if not assoc.is_established:
-        return [-1] * len(datasets)
+        return [-1] * len(items)
     statuses = []
     try:
-        for ds in datasets:
-            response = assoc.send_c_store(ds)
+        for item in items:
+            response = assoc.send_c_store(item)
             statuses.append(int(response.Status) if "Status" in response else -1)
     finally:
         if assoc.is_established:
@@ -235,18 +241,7 @@ def send_files_raw(paths: Sequence[Path], port: int, syntax: str = ExplicitVRLit
     """C-STORE files as raw bytes: the request's SOP UIDs come from each file's meta, not its dataset."""
     ae = scu(calling_ae, [syntax])
     with raw_dataset_sending():
-        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-        if not assoc.is_established:
-            return [-1] * len(paths)
-        statuses = []
-        try:
-            for path in paths:
-                response = assoc.send_c_store(path)
-                statuses.append(int(response.Status) if "Status" in response else -1)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-    return statuses
+        return _store_each(ae.associate("127.0.0.1", port, ae_title=NODE_AE), paths)
 
 
 # -- the node as a subprocess -------------------------------------------------------------------
@@ -340,13 +335,8 @@ class NodeProcess:
 
     def cleanup(self) -> None:
         for proc in [self.process, *self.extra_processes]:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            if proc is not None:
+                stop_process(proc, timeout_s=10)
         if self._engine is not None:
             self._engine.dispose()
 

@@ -4,7 +4,6 @@ storage; one worker is killed -9 while it synthesizes; every series is still del
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
-from tests.interop.peers import echo, free_port
+from tests.interop.peers import echo, free_port, stop_process
 from tests.support.ct_series import make_ct_series
 from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 
@@ -38,16 +37,6 @@ def _start(args: list[str], config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "dicom_node", *args, "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=config.parent)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def test_two_workers_share_the_work_and_survive_a_kill(postgres: PostgresServer, tmp_path: Path) -> None:
@@ -111,6 +100,6 @@ port = {pacs.port}
         assert survivor.poll() is None and receiver.poll() is None
     finally:
         for process in (receiver, *workers):
-            _stop(process)
+            stop_process(process, timeout_s=20)
         engine.dispose()
         pacs.stop()
