@@ -12,12 +12,9 @@ this trade-off; if a future pynetdicom drops it, nothing breaks, the node is onl
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 PYNETDICOM_DELAY_S = 0.001
 _ATTRIBUTE = "_run_loop_delay"

@@ -118,8 +118,7 @@ class CTHNetSynthesizer:
             logger.warning("synth weights %s are marked not for clinical use (trained on %s); every derived "
                            "series says so", weights.sha256[:12], weights.metadata.training_data)
         return cls(model, weights_sha256=weights.sha256, name=name, caution=caution, device=str(device),
-                   precision=precision,
-                   chunk_tokens=chunk_tokens,
+                   precision=precision, chunk_tokens=chunk_tokens,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
                    min_spacing_mm=cfg.min_input_spacing_mm, max_spacing_mm=cfg.max_input_spacing_mm)
 
