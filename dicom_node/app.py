@@ -8,39 +8,38 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import _config as pynetdicom_config
 
-from dicom_node.assemble import assemble, read_headers
-from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
-from dicom_node.errors import InvalidSeriesError
-from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SendClaim, SeriesClaim, open_engine
-from dicom_node.logcontext import current_series
+from dicom_node.config import NodeConfig
+from dicom_node.disk import DiskGuard
+from dicom_node.ledger import Ledger, RecordOutcome, open_engine
 from dicom_node.metrics import NodeMetrics
-from dicom_node.policy import OWN_OUTPUT
-from dicom_node.receive import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StoreSCP
+from dicom_node.ratelog import RateLimitedLog
+from dicom_node.receive import StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
-from dicom_node.send import SendReport, remove_derived, send_dicom, send_folder
+from dicom_node.send import remove_derived
+from dicom_node.sending import Destination, SendStage
 from dicom_node.spool import Spool, StoredInstance
-from dicom_node.write import derived_files, write_derived_series
-from synth.synthesizer import SynthesisRefusedError, Synthesizer, build_synthesizer
+from dicom_node.stage import Stage, StageHealth, Supervisor
+from dicom_node.synthesis import SynthesisStage
+from dicom_node.transient import describe
+from synth.synthesizer import Synthesizer, build_synthesizer
 
 logger = logging.getLogger(__name__)
 
 # The association threads wait on the GIL behind the recorder and the workers; hand it over sooner.
 SWITCH_INTERVAL_S = 0.0005
-PROCESSING_ERROR = "processing_error"
-NO_INSTANCES = "no_instances"
+COMPLETE_EVERY_S = 0.25
+SUPERVISE_EVERY_S = 1.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,30 +52,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class DiskGuard:
-    """Refuse stores (0xA700) above a disk-usage watermark; re-checked at most once a second."""
-
-    def __init__(self, path: Path, watermark: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._path, self._watermark, self._clock = path, watermark, clock
-        self._checked_at, self._status = -1e9, STATUS_SUCCESS
-        self._lock = threading.Lock()
-
-    def __call__(self) -> int:
-        with self._lock:
-            now = self._clock()
-            if now - self._checked_at >= 1.0:
-                usage = shutil.disk_usage(self._path)
-                full = usage.used / usage.total > self._watermark
-                if full and self._status == STATUS_SUCCESS:
-                    logger.error("disk above %.0f%% at %s: refusing stores", self._watermark * 100, self._path)
-                elif not full and self._status != STATUS_SUCCESS:
-                    logger.warning("disk below watermark again at %s: accepting stores", self._path)
-                self._status = STATUS_OUT_OF_RESOURCES if full else STATUS_SUCCESS
-                self._checked_at = now
-            return self._status
-
-
 class Node:
+    """Composes the parts: spool, ledger, receiver, recorder, the stages and the timers."""
+
     def __init__(self, cfg: NodeConfig, synthesizer: Synthesizer | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
@@ -87,19 +65,31 @@ class Node:
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
-        self.backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
         self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.disk_watermark)
         self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
         self.scp: StoreSCP | None = None
         if cfg.node.receive:
             self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
                                 on_refused=lambda status: self.metrics.refused.labels(f"0x{status:04X}").inc())
-        self._stop = threading.Event()
-        self._wake_synth = threading.Event()
-        self._wake_send = {name: threading.Event() for name in cfg.destination_names()}
-        self._threads: list[threading.Thread] = []
+        self.supervisor = Supervisor()
+        self._synth_stage: Stage | None = None
+        self._send_stages: list[Stage] = []
+        if cfg.node.process:
+            self._build_stages()
         self.web: Any = None                     # dicom_node.web.server.WebServer when [web] is enabled
         self._scheduler = BackgroundScheduler(daemon=True)
+        self._job_log = RateLimitedLog(logger)
+
+    def _build_stages(self) -> None:
+        destinations: list[Destination] = [*self.cfg.destinations, *self.cfg.folder_destinations]
+        for dest in destinations:
+            sender = SendStage(self.cfg, dest, ledger=self.ledger, spool=self.spool, metrics=self.metrics,
+                               owner=self.owner, clock=self.clock)
+            self._send_stages.append(self.supervisor.add(Stage(f"send-{dest.name}", sender.step)))
+        synthesis = SynthesisStage(self.cfg, ledger=self.ledger, spool=self.spool, synthesizer=self.synthesizer,
+                                   disk=self.disk_guard, metrics=self.metrics, owner=self.owner, clock=self.clock,
+                                   on_synthesized=self._wake_senders)
+        self._synth_stage = self.supervisor.add(Stage("synthesis", synthesis.step))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,21 +102,18 @@ class Node:
             self.web.start()
         self._recover()
         self.recorder.start()
-        self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
-                                id="complete-due")
-        self._scheduler.add_job(self._heartbeat, "interval", seconds=self.lease_s / 4, max_instances=1,
-                                coalesce=True, id="lease-heartbeat")
-        self._scheduler.add_job(self._sweep_leases, "interval", seconds=min(30.0, self.lease_s / 4),
-                                max_instances=1, coalesce=True, id="lease-sweep")
-        self._scheduler.add_job(self._retention_sweep, "interval", seconds=self.cfg.retention.sweep_interval_s,
-                                max_instances=1, coalesce=True, id="retention")
+        jobs: list[tuple[str, Callable[[], None], float]] = [
+            ("complete-due", self._complete_due, COMPLETE_EVERY_S),
+            ("lease-heartbeat", self._heartbeat, self.lease_s / 4),
+            ("lease-sweep", self._sweep_leases, min(30.0, self.lease_s / 4)),
+            ("retention", self._retention_sweep, self.cfg.retention.sweep_interval_s),
+            ("supervise", self._supervise, SUPERVISE_EVERY_S),
+        ]
+        for name, job, every_s in jobs:
+            self._scheduler.add_job(self._guarded(name, job), "interval", seconds=every_s, max_instances=1,
+                                    coalesce=True, id=name)
         self._scheduler.start()
-        if self.cfg.node.process:
-            self._spawn("synth-worker", self._synth_loop)
-            for dest in self.cfg.destinations:
-                self._spawn(f"send-{dest.name}", self._send_loop, dest)
-            for folder in self.cfg.folder_destinations:
-                self._spawn(f"send-{folder.name}", self._send_loop, folder)
+        self.supervisor.start()
         if self.scp is not None:
             try:
                 self.scp.start()
@@ -134,32 +121,43 @@ class Node:
                 self.stop(drain_s=1.0)
                 raise
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
-                    self.synthesizer.identity.backend, len(self._wake_send),
+                    self.synthesizer.identity.backend, len(self.cfg.destination_names()),
                     "" if self.scp is not None else ", worker only (not receiving)")
 
     def stop(self, drain_s: float = 30.0) -> None:
-        """Stop accepting, let in-flight stores finish, stop the workers, release our leases."""
+        """Stop accepting, let in-flight stores finish, stop the stages, release our leases."""
         if self.scp is not None:
             self.scp.drain(drain_s)
         self.recorder.stop(drain_s)
         if self.web is not None:
             self.web.stop()
-        self._stop.set()
-        self._wake_synth.set()
-        for ev in self._wake_send.values():
-            ev.set()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        deadline = time.monotonic() + drain_s
-        for t in self._threads:
-            t.join(timeout=max(0.1, deadline - time.monotonic()))
-        released = self.ledger.release_owner(self.owner, self.clock())
+        self.supervisor.stop(drain_s)
+        try:
+            released = self.ledger.release_owner(self.owner, self.clock())
+        except Exception as exc:  # the database is away: the leases expire by themselves
+            logger.error("could not release this node's leases (%s); they expire in %.0f s", describe(exc),
+                         self.lease_s)
+            return
         logger.info("node stopped; %d lease(s) released", released)
 
-    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    def health(self) -> list[StageHealth]:
+        """Every stage and timer: running and not backing off (for /readyz and the dashboard)."""
+        checks = self.supervisor.health()
+        if self.cfg.node.process or self.cfg.node.receive:
+            running = self._scheduler.running
+            checks.append(StageHealth("timers", running, "timers running" if running else "timers stopped"))
+        return checks
+
+    def _guarded(self, name: str, job: Callable[[], None]) -> Callable[[], None]:
+        """A timer job that logs its failure at most once a second instead of a traceback per run."""
+        def run() -> None:
+            try:
+                job()
+            except Exception as exc:  # a timer boundary: the next run tries again
+                self._job_log.error(f"{name}:{type(exc).__name__}", "timer %s failed: %s", name, describe(exc))
+        return run
 
     def _recover(self) -> None:
         """Work leased by a process of this host that no longer runs goes back to the queue."""
@@ -187,8 +185,8 @@ class Node:
         completed = self.ledger.complete_due(self.clock())
         for uid in completed:
             logger.info("series %s complete (quiet for %.1f s)", uid, self.cfg.series.quiet_period_s)
-        if completed:
-            self._wake_synth.set()
+        if completed and self._synth_stage is not None:
+            self._synth_stage.wake.set()
 
     def _retention_sweep(self) -> None:
         """Finished work older than retention.done_days goes; failed or rejected work never does here."""
@@ -205,116 +203,15 @@ class Node:
     def _sweep_leases(self) -> None:
         if n := self.ledger.reclaim_expired(self.clock()):
             logger.warning("re-queued %d job(s) whose lease expired", n)
-            self._wake_synth.set()
+            if self._synth_stage is not None:
+                self._synth_stage.wake.set()
 
-    # -- synthesis ---------------------------------------------------------------------------
-    def _synth_loop(self) -> None:
-        while not self._stop.is_set():
-            claim = self.ledger.claim_series(self.owner, self.clock(), self.lease_s)
-            if claim is None:
-                self._wake_synth.wait(timeout=1.0)
-                self._wake_synth.clear()
-                continue
-            token = current_series.set(claim.series_uid)
-            try:
-                self.process_series(claim)
-            finally:
-                current_series.reset(token)
+    def _supervise(self) -> None:
+        self.supervisor.check()
 
-    def process_series(self, claim: SeriesClaim) -> None:
-        uid = claim.series_uid
-        started = time.monotonic()
-        try:
-            if self.ledger.is_derived_series(uid):
-                raise InvalidSeriesError(uid, OWN_OUTPUT, "this series was derived by this node")
-            files = self.spool.instance_files(uid)
-            if not files:
-                raise InvalidSeriesError(uid, NO_INSTANCES, "no instance files are held for this series")
-            volume, source = assemble(read_headers(files, uid), uid, self.cfg.series)
-            synth_started = time.monotonic()
-            thin = self.synthesizer(volume, progress=self._log_progress)
-            synth_s = time.monotonic() - synth_started
-            self.metrics.synth_seconds.observe(synth_s)
-            derived = write_derived_series(thin, source, self.synthesizer.identity, self.synthesizer.factor,
-                                           self.spool.derived, self.cfg.node.uid_root,
-                                           self.cfg.series.series_number_offset)
-        except SynthesisRefusedError as exc:
-            self._reject(claim, exc.reason, str(exc))
-            self.metrics.series.labels("rejected").inc()
-            return
-        except InvalidSeriesError as exc:
-            self._reject(claim, exc.reason, exc.detail)
-            self.metrics.series.labels("rejected").inc()
-            return
-        except Exception as exc:  # the per-series worker boundary: keep the series, say why
-            logger.exception("series %s failed in processing", uid)
-            self._reject(claim, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-            self.metrics.series.labels("error").inc()
-            return
-        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s)", uid,
-                    volume.shape[0], volume.spacing_mm[0], derived.count, thin.spacing_mm[0], synth_s,
-                    self.synthesizer.identity.backend)
-        self.metrics.series.labels("derived").inc()
-        self.ledger.series_synthesized(claim, self.owner, derived.series_uid, derived.count,
-                                       list(self._wake_send), time.monotonic() - started, self.clock())
-        for ev in self._wake_send.values():
-            ev.set()
-
-    @staticmethod
-    def _log_progress(done: int, total: int) -> None:
-        logger.debug("synthesis %d/%d", done, total)
-
-    def _reject(self, claim: SeriesClaim, reason: str, detail: str) -> None:
-        self.spool.reject(claim.series_uid, reason, detail)
-        self.ledger.reject_series(claim, self.owner, reason, detail, self.clock())
-        logger.error("series %s rejected (%s): %s", claim.series_uid, reason, detail)
-
-    # -- sending -----------------------------------------------------------------------------
-    def _send_loop(self, dest: DestinationSection | FolderDestinationSection) -> None:
-        wake = self._wake_send[dest.name]
-        while not self._stop.is_set():
-            claim = self.ledger.claim_send(dest.name, self.owner, self.clock(), self.lease_s)
-            if claim is None:
-                due = self.ledger.next_send_due(dest.name)
-                wait = 1.0 if due is None else min(1.0, max(0.01, due - self.clock()))
-                wake.wait(timeout=wait)
-                wake.clear()
-                continue
-            token = current_series.set(claim.series_uid)
-            try:
-                self._send_one(dest, claim)
-            finally:
-                current_series.reset(token)
-
-    def _send_one(self, dest: DestinationSection | FolderDestinationSection, claim: SendClaim) -> None:
-        files = derived_files(self.spool.derived_dir(claim.derived_series_uid))
-        started = time.monotonic()
-        if not files:
-            report = SendReport(dest.name, 0, 0, "derived-missing", "the derived series files are missing")
-        elif isinstance(dest, DestinationSection):
-            try:
-                report = send_dicom(files, dest, self.cfg.node.ae_title, self.cfg.send.timeout_s)
-            except Exception as exc:  # a peer misbehaving must not kill the sender thread
-                logger.exception("sending series %s to %s failed", claim.series_uid, dest.name)
-                report = SendReport(dest.name, len(files), 0, "error", f"{type(exc).__name__}: {exc}"[:500])
-        else:
-            report = send_folder(files, dest, claim.derived_series_uid)
-        state = self.ledger.send_finished(claim, self.owner, report.sent, report.status, report.error,
-                                          report.ok, self.backoff, self.clock())
-        self.metrics.send_attempts.labels(dest.name).inc()
-        if not report.ok:
-            self.metrics.send_failures.labels(dest.name).inc()
-        elapsed = time.monotonic() - started
-        if report.ok:
-            logger.info("sent %d/%d of %s to %s in %.2f s", report.sent, report.total,
-                        claim.derived_series_uid, dest.name, elapsed)
-        elif state is JobState.FAILED:
-            logger.error("gave up sending %s to %s after %d attempt(s): %s", claim.derived_series_uid,
-                         dest.name, claim.attempts + 1, report.error)
-        else:
-            logger.warning("sending %s to %s failed (attempt %d, %d/%d sent, %s); will retry",
-                           claim.derived_series_uid, dest.name, claim.attempts + 1, report.sent, report.total,
-                           report.error)
+    def _wake_senders(self) -> None:
+        for stage in self._send_stages:
+            stage.wake.set()
 
 
 def run_until_signalled(node: Node, stop_event: threading.Event) -> None:

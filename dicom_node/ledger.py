@@ -332,6 +332,21 @@ class Ledger:
                 lease_expires_at=now + lease_s)).rowcount  # type: ignore[attr-defined]
             return int(n)
 
+    def release_series(self, claim: SeriesClaim, owner: str, now: float) -> bool:
+        """Give a claimed series back to the queue untouched (the machine failed, not the series)."""
+        with self._tx() as s:
+            released = s.execute(update(SeriesRow).where(
+                SeriesRow.series_uid == claim.series_uid, SeriesRow.lease_owner == owner,
+                SeriesRow.state == SeriesState.SYNTHESIZING).values(
+                state=SeriesState.COMPLETE, lease_owner=None, lease_expires_at=None, updated_at=now))
+            return bool(released.rowcount)  # type: ignore[attr-defined]
+
+    def instance_sizes(self, series_uid: str) -> dict[str, int]:
+        """SOP UID → size in bytes of every instance the ledger holds for a series."""
+        with self._tx() as s:
+            return {str(uid): int(size) for uid, size in s.execute(
+                select(InstanceRow.sop_uid, InstanceRow.size).where(InstanceRow.series_uid == series_uid))}
+
     def reject_series(self, claim: SeriesClaim, owner: str, reason: str, detail: str, now: float) -> None:
         with self._tx() as s:
             row = s.get(SeriesRow, claim.series_uid)
@@ -393,6 +408,15 @@ class Ledger:
                     return SendClaim(job_id, job.series_uid, destination, series.derived_series_uid,
                                      job.attempts)
             return None
+
+    def release_send(self, claim: SendClaim, owner: str, now: float) -> bool:
+        """Give a claimed send job back without counting an attempt (our side failed, not the peer)."""
+        with self._tx() as s:
+            released = s.execute(update(SendJobRow).where(
+                SendJobRow.id == claim.job_id, SendJobRow.lease_owner == owner,
+                SendJobRow.state == JobState.SENDING).values(
+                state=JobState.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now))
+            return bool(released.rowcount)  # type: ignore[attr-defined]
 
     def next_send_due(self, destination: str) -> float | None:
         with self._tx() as s:

@@ -18,6 +18,7 @@ from pynetdicom import AE, evt
 from dicom_node.config import DestinationSection, FolderDestinationSection
 from dicom_node.netutil import VERIFICATION, client_tls_args, set_nodelay
 from dicom_node.spool import atomic_write
+from dicom_node.transient import TRANSIENT_ERRNOS
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def send_folder(files: list[Path], dest: FolderDestinationSection, series_uid: s
         for path in files:
             atomic_write(target / path.name, path.read_bytes())
     except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:      # the folder's disk is full: no attempt, the stage waits
+            raise
         return SendReport(dest.name, len(files), 0, "write-failed", f"{target}: {exc.strerror}")
     return SendReport(dest.name, len(files), len(files), "ok", "")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -199,14 +200,32 @@ def write_derived_series(volume: CTVolume, source: SourceSeries, identity: Synth
     when = now or datetime.datetime.now()
     series_uid = derived_series_uid(source.series_uid, identity, uid_root)
     base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset)
-    step_mm = source.spacing_mm / factor
-    first = np.array(source.first_position_mm)
-    normal = np.array(source.normal)
     pixels = np.clip(np.rint(volume.hu), HU_MIN, HU_MAX).astype("<i2")
 
     tmp = out_root / f".tmp-{series_uid}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        sop_uids = _write_slices(tmp, base, pixels, source=source, factor=factor, series_uid=series_uid,
+                                 uid_root=uid_root)
+        _fsync_dir_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)      # a half-written series gives its space back at once
+        raise
+    final = out_root / series_uid
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return DerivedSeries(series_uid, final, tuple(sop_uids))
+
+
+def _write_slices(tmp: Path, base: Dataset, pixels: npt.NDArray[np.int16], *, source: SourceSeries, factor: int,
+                  series_uid: str, uid_root: str) -> list[str]:
+    """One file per thin slice into `tmp`, then the manifest; returns the SOP Instance UIDs in order."""
+    n_thin = pixels.shape[0]
+    step_mm = source.spacing_mm / factor
+    first = np.array(source.first_position_mm)
+    normal = np.array(source.normal)
     sop_uids = []
     for k in range(n_thin):
         sop_uid = derived_uid(uid_root, "instance", series_uid, str(k))
@@ -230,12 +249,7 @@ def write_derived_series(volume: CTVolume, source: SourceSeries, identity: Synth
         atomic_write(tmp / f"{sop_uid}.dcm", buffer.getbuffer(), fsync=False)
         sop_uids.append(sop_uid)
     atomic_write(tmp / MANIFEST, "\n".join(sop_uids).encode() + b"\n", fsync=False)
-    _fsync_dir_files(tmp)
-    final = out_root / series_uid
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return DerivedSeries(series_uid, final, tuple(sop_uids))
+    return sop_uids
 
 
 def _fsync_dir_files(folder: Path) -> None:

@@ -150,7 +150,8 @@ def destinations(node: Node) -> list[DestinationInfo]:
 
 
 def readiness(node: Node, engine: Engine) -> list[Check]:
-    """Ledger reachable, disk below the watermark, synthesizer loaded, DICOM listener up (when receiving)."""
+    """Ledger reachable, disk below the watermark, synthesizer loaded, every stage running and not
+    backing off, DICOM listener up (when receiving)."""
     checks = []
     try:
         ping(engine)
@@ -172,6 +173,7 @@ def readiness(node: Node, engine: Engine) -> list[Check]:
         checks.append(Check("synthesizer", False, "no synthesizer loaded"))
     else:
         checks.append(Check("synthesizer", True, f"{identity.backend} {identity.version}"))
+    checks.extend(Check(h.name, h.ok, h.detail) for h in node.health())
     if node.cfg.node.receive:
         try:
             port = node.scp.port if node.scp is not None else None

@@ -16,7 +16,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.app import DiskGuard
+from dicom_node.disk import DiskGuard
 from dicom_node.ledger import SeriesState
 from dicom_node.polling import PYNETDICOM_DELAY_S
 from dicom_node.receive import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES

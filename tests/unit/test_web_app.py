@@ -273,7 +273,8 @@ def test_healthz_readyz_metrics(web: WebNode) -> None:
     assert web.client.get("/healthz").json() == {"status": "alive"}
     ready = web.client.get("/readyz")
     assert ready.status_code == 200
-    assert {c["name"] for c in ready.json()["checks"]} == {"ledger", "disk", "synthesizer", "dicom"}
+    assert {c["name"] for c in ready.json()["checks"]} == {"ledger", "disk", "synthesizer", "dicom", "synthesis",
+                                                           "send-pacs", "send-broken", "timers"}
     metrics = web.client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
@@ -292,7 +293,7 @@ def test_readyz_says_why_it_is_not_ready(tmp_path: Path) -> None:
     body = response.json()
     assert body["ready"] is False
     failing = {c["name"] for c in body["checks"] if not c["ok"]}
-    assert failing == {"disk", "dicom"}
+    assert failing == {"disk", "dicom", "synthesis", "timers"}       # nothing runs before start()
     assert any("0xA700" in r for r in body["reasons"]) and any("not running" in r for r in body["reasons"])
 
 

@@ -1,0 +1,100 @@
+"""The send stage: one per destination, so a destination that is down never delays another.
+
+One `step()` claims the destination's most urgent due send job, delivers the derived series and
+records the attempt (the ledger retries a failed attempt with backoff, then keeps it as failed).
+A failure on our side that passes by itself — the destination folder's disk is full, the database
+is full or away — does not count as an attempt: the job goes back untouched and the stage backs
+off. A ledger write that fails is kept and retried before anything new is claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
+from dicom_node.ledger import BackoffPolicy, JobState, Ledger, SendClaim
+from dicom_node.logcontext import current_series
+from dicom_node.metrics import NodeMetrics
+from dicom_node.send import SendReport, send_dicom, send_folder
+from dicom_node.spool import Spool
+from dicom_node.stage import PendingWrite
+from dicom_node.transient import is_transient
+from dicom_node.write import derived_files
+
+logger = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 1.0
+MIN_WAIT_S = 0.01
+DETAIL_MAX = 500
+
+Destination = DestinationSection | FolderDestinationSection
+
+
+class SendStage:
+    def __init__(self, cfg: NodeConfig, dest: Destination, *, ledger: Ledger, spool: Spool,
+                 metrics: NodeMetrics, owner: str, clock: Callable[[], float]) -> None:
+        self._cfg, self.dest = cfg, dest
+        self._ledger, self._spool, self._metrics = ledger, spool, metrics
+        self._owner, self._clock = owner, clock
+        self._backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
+        self._pending = PendingWrite()
+
+    def step(self) -> float | None:
+        self._pending.run()
+        name = self.dest.name
+        claim = self._ledger.claim_send(name, self._owner, self._clock(), self._cfg.database.lease_s)
+        if claim is None:
+            due = self._ledger.next_send_due(name)
+            return IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self._clock()))
+        token = current_series.set(claim.series_uid)
+        try:
+            started = time.monotonic()
+            try:
+                report = self._deliver(claim)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._pending.run(lambda: self._release(claim))
+                raise
+            elapsed_s = time.monotonic() - started
+            self._pending.run(lambda: self._record(claim, report, elapsed_s))
+        finally:
+            current_series.reset(token)
+        return None
+
+    def _deliver(self, claim: SendClaim) -> SendReport:
+        files = derived_files(self._spool.derived_dir(claim.derived_series_uid))
+        if not files:
+            return SendReport(self.dest.name, 0, 0, "derived-missing", "the derived series files are missing")
+        if isinstance(self.dest, FolderDestinationSection):
+            return send_folder(files, self.dest, claim.derived_series_uid)
+        try:
+            return send_dicom(files, self.dest, self._cfg.node.ae_title, self._cfg.send.timeout_s)
+        except Exception as exc:  # a peer misbehaving must not end the stage: count it as an attempt
+            if is_transient(exc):
+                raise
+            logger.exception("sending series %s to %s failed", claim.series_uid, self.dest.name)
+            return SendReport(self.dest.name, len(files), 0, "error", f"{type(exc).__name__}: {exc}"[:DETAIL_MAX])
+
+    def _release(self, claim: SendClaim) -> None:
+        self._ledger.release_send(claim, self._owner, self._clock())
+
+    def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
+        state = self._ledger.send_finished(claim, self._owner, report.sent, report.status, report.error,
+                                           report.ok, self._backoff, self._clock())
+        name = self.dest.name
+        self._metrics.send_attempts.labels(name).inc()
+        if not report.ok:
+            self._metrics.send_failures.labels(name).inc()
+        if report.ok:
+            logger.info("sent %d/%d of %s to %s in %.2f s", report.sent, report.total,
+                        claim.derived_series_uid, name, elapsed_s)
+        elif state is JobState.FAILED:
+            logger.error("gave up sending %s to %s after %d attempt(s): %s", claim.derived_series_uid,
+                         name, claim.attempts + 1, report.error)
+        else:
+            logger.warning("sending %s to %s failed (attempt %d, %d/%d sent, %s); will retry",
+                           claim.derived_series_uid, name, claim.attempts + 1, report.sent, report.total,
+                           report.error)
