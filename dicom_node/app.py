@@ -24,7 +24,7 @@ from dicom_node.disk import DiskGuard
 from dicom_node.ledger import Ledger, RecordOutcome, open_engine
 from dicom_node.metrics import NodeMetrics
 from dicom_node.ratelog import RateLimitedLog
-from dicom_node.receive import StoreSCP
+from dicom_node.receive import STATUS_OUT_OF_RESOURCES, StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
 from dicom_node.send import remove_derived
 from dicom_node.sending import Destination, SendStage
@@ -70,7 +70,7 @@ class Node:
         self.scp: StoreSCP | None = None
         if cfg.node.receive:
             self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
-                                on_refused=lambda status: self.metrics.refused.labels(f"0x{status:04X}").inc())
+                                on_refused=self._on_refused)
         self.supervisor = Supervisor()
         self._synth_stage: Stage | None = None
         self._send_stages: list[Stage] = []
@@ -176,13 +176,18 @@ class Node:
     def _on_stored(self, stored: StoredInstance, calling_ae: str) -> None:
         self.recorder.put(stored, calling_ae)
 
+    def _on_refused(self, status: int, series_uid: str | None, sop_uid: str | None) -> None:
+        self.metrics.refused.labels(f"0x{status:04X}").inc()
+        if status == STATUS_OUT_OF_RESOURCES and series_uid and sop_uid:
+            self.recorder.put_refusal(series_uid, sop_uid)        # its series waits for it to come again
+
     def _count_outcomes(self, outcomes: list[RecordOutcome]) -> None:
         for outcome in outcomes:
             self.metrics.instances.labels(outcome.value).inc()
 
     # -- timers ------------------------------------------------------------------------------
     def _complete_due(self) -> None:
-        completed = self.ledger.complete_due(self.clock())
+        completed = self.ledger.complete_due(self.clock(), self.cfg.series.refused_wait_s)
         for uid in completed:
             logger.info("series %s complete (quiet for %.1f s)", uid, self.cfg.series.quiet_period_s)
         if completed and self._synth_stage is not None:

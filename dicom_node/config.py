@@ -105,10 +105,13 @@ class SeriesSection:
     min_slices: int = 2
     max_slices: int = 2000
     series_number_offset: int = 1000
+    refused_wait_s: float = 3600.0    # how long a series waits for instances refused with 0xA700 to come again
 
     def __post_init__(self) -> None:
         if self.quiet_period_s <= 0:
             raise ValueError(f"series.quiet_period_s must be positive, got {self.quiet_period_s}")
+        if not 0 <= self.refused_wait_s <= 7 * 86400:
+            raise ValueError(f"series.refused_wait_s must be in [0, 604800] s, got {self.refused_wait_s}")
         if not 0 < self.min_spacing_mm <= self.max_spacing_mm:
             raise ValueError("series.min_spacing_mm must be positive and not above series.max_spacing_mm, "
                              f"got {self.min_spacing_mm} and {self.max_spacing_mm}")

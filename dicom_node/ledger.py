@@ -95,6 +95,15 @@ class InstanceRow(Base):
     mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)   # of the spool file, to reconcile after a crash
 
 
+class RefusedRow(Base):
+    """An instance refused for lack of space (0xA700) and not stored since: its series waits for it."""
+
+    __tablename__ = "refused_instances"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    refused_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class SendJobRow(Base):
     __tablename__ = "send_jobs"
     __table_args__ = (UniqueConstraint("series_uid", "destination"),)
@@ -124,6 +133,7 @@ class SeriesClaim:
     series_uid: str
     study_uid: str
     generation: int
+    refused: int = 0          # instances refused (0xA700) and never sent again, after the wait ran out
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +230,8 @@ class Ledger:
         """Note one stored instance received at `now`; see `record_instances`."""
         return self.record_instances([(stored, now, calling_ae)], quiet_s)[0]
 
-    def record_instances(self, batch: Sequence[tuple[StoredInstance, float, str]],
-                         quiet_s: float) -> list[RecordOutcome]:
+    def record_instances(self, batch: Sequence[tuple[StoredInstance, float, str]], quiet_s: float,
+                         refusals: Sequence[tuple[str, str, float]] = ()) -> list[RecordOutcome]:
         """Note stored instances (each with its receive time and calling AE) in one transaction, and
         push each series' completion deadline forward.
 
@@ -238,7 +248,29 @@ class Ledger:
                 InstanceRow.sop_uid.in_({stored.sop_uid for stored, _, _ in batch}))))
             for stored, now, calling_ae in batch:
                 outcomes.append(self._record_one(s, stored, now, quiet_s, calling_ae))
+            for series_uid in series_uids:          # what was refused before has arrived now
+                s.execute(delete(RefusedRow).where(RefusedRow.series_uid == series_uid, RefusedRow.sop_uid.in_(
+                    {stored.sop_uid for stored, _, _ in batch if stored.series_uid == series_uid})))
+            self._record_refusals(s, refusals, quiet_s)
         return outcomes
+
+    @staticmethod
+    def _record_refusals(s: Session, refusals: Sequence[tuple[str, str, float]], quiet_s: float) -> None:
+        """Note instances refused for lack of space, as (series UID, SOP UID, when). Their series keeps
+        receiving (its deadline moves on) until they arrive or `complete_due`'s wait for them runs out."""
+        for series_uid, sop_uid, now in refusals:
+            if s.get(InstanceRow, (series_uid, sop_uid)) is not None:
+                continue                            # a re-send of what we hold: nothing is missing
+            row = s.get(RefusedRow, (series_uid, sop_uid))
+            if row is None:
+                s.add(RefusedRow(series_uid=series_uid, sop_uid=sop_uid, refused_at=now))
+            else:
+                row.refused_at = now
+            series = s.get(SeriesRow, series_uid)
+            if series is not None and series.state in (SeriesState.RECEIVING, SeriesState.COMPLETE):
+                series.state = SeriesState.RECEIVING
+                series.deadline_at = max(series.deadline_at or 0.0, now + quiet_s)
+                series.updated_at = now
 
     @staticmethod
     def _record_one(s: Session, stored: StoredInstance, now: float, quiet_s: float,
@@ -289,11 +321,14 @@ class Ledger:
                 query = query.where(InstanceRow.series_uid.in_(series_uids))
             return {(str(a), str(b)): int(m) for a, b, m in s.execute(query)}
 
-    def complete_due(self, now: float) -> list[str]:
-        """Series whose quiet period is over become `complete`; returns their UIDs."""
+    def complete_due(self, now: float, refused_wait_s: float = 0.0) -> list[str]:
+        """Series whose quiet period is over become `complete`; returns their UIDs. A series with an
+        instance refused for lack of space less than `refused_wait_s` ago waits for it to be sent again."""
         with self._tx() as s:
+            waiting = select(RefusedRow.series_uid).where(RefusedRow.refused_at > now - refused_wait_s)
             uids = list(s.scalars(select(SeriesRow.series_uid).where(
-                SeriesRow.state == SeriesState.RECEIVING, SeriesRow.deadline_at <= now)))
+                SeriesRow.state == SeriesState.RECEIVING, SeriesRow.deadline_at <= now,
+                SeriesRow.series_uid.not_in(waiting))))
             if uids:
                 s.execute(update(SeriesRow).where(SeriesRow.series_uid.in_(uids),
                                                   SeriesRow.state == SeriesState.RECEIVING)
@@ -320,7 +355,9 @@ class Ledger:
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
                     row = s.get(SeriesRow, uid)
                     assert row is not None
-                    return SeriesClaim(uid, row.study_uid, row.generation)
+                    refused = s.scalar(select(func.count()).select_from(RefusedRow)
+                                       .where(RefusedRow.series_uid == uid)) or 0
+                    return SeriesClaim(uid, row.study_uid, row.generation, int(refused))
             return None
 
     def renew_owner(self, owner: str, now: float, lease_s: float) -> int:
@@ -522,6 +559,7 @@ class Ledger:
             uids = [r[0] for r in rows]
             if uids:
                 s.execute(delete(SendJobRow).where(SendJobRow.series_uid.in_(uids)))
+                s.execute(delete(RefusedRow).where(RefusedRow.series_uid.in_(uids)))
                 s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(uids)))
                 s.execute(delete(SeriesRow).where(SeriesRow.series_uid.in_(uids)))
             return [(str(a), str(b)) for a, b in rows]
@@ -537,6 +575,7 @@ class Ledger:
                                  "can be discarded")
             derived = row.derived_series_uid
             s.execute(delete(SendJobRow).where(SendJobRow.series_uid == series_uid))
+            s.execute(delete(RefusedRow).where(RefusedRow.series_uid == series_uid))
             s.execute(delete(InstanceRow).where(InstanceRow.series_uid == series_uid))
             s.delete(row)
             return derived

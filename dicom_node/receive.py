@@ -72,15 +72,17 @@ REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED = 0x01, 0
 
 OnStored = Callable[[StoredInstance, str], None]
 """Called with the stored instance and the calling AE title; must be quick and may raise OSError."""
+OnRefused = Callable[[int, str | None, str | None], None]
+"""Told every failure status we answer, with the series and SOP Instance UIDs when they are known."""
 
 
 class StoreSCP:
     def __init__(self, cfg: NodeSection, spool: Spool, on_stored: OnStored,
                  accept_store: Callable[[], int] | None = None,
-                 on_refused: Callable[[int], None] | None = None) -> None:
+                 on_refused: OnRefused | None = None) -> None:
         self._cfg, self._spool, self._on_stored = cfg, spool, on_stored
         self._accept_store = accept_store      # returns 0 to accept, or a failure status (e.g. disk full)
-        self._on_refused = on_refused          # told every failure status we answer (metrics)
+        self._on_refused = on_refused          # told every failure status we answer (metrics, waiting series)
         self._ae = AE(ae_title=cfg.ae_title)
         self._ae.add_supported_context(VERIFICATION)
         self._ae.add_supported_context(CTImageStorage, TRANSFER_SYNTAXES)
@@ -153,16 +155,14 @@ class StoreSCP:
         logger.warning("refused association from AE %r at %s:%s (calling or called AE not allowed)",
                        calling_ae, req.address, req.port)
 
-    def _refuse(self, status: int) -> int:
+    def _refuse(self, status: int, series_uid: str | None = None, sop_uid: str | None = None) -> int:
         if self._on_refused is not None:
-            self._on_refused(status)
+            self._on_refused(status, series_uid, sop_uid)
         return status
 
     def _handle_store(self, event: evt.Event) -> int:
         self._polling.touch(event.assoc.dul)
         calling_ae = str(event.assoc.requestor.ae_title)
-        if self._accept_store is not None and (status := self._accept_store()) != STATUS_SUCCESS:
-            return self._refuse(status)
         try:
             ds = event.dataset
             study_uid = checked_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -175,6 +175,8 @@ class StoreSCP:
             logger.warning("refused C-STORE from %s: dataset cannot be read (%s)", calling_ae,
                            type(exc).__name__)
             return self._refuse(STATUS_CANNOT_UNDERSTAND)
+        if self._accept_store is not None and (status := self._accept_store()) != STATUS_SUCCESS:
+            return self._refuse(status, series_uid, sop_uid)       # the series will wait for this one
         requested = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
         if sop_uid != requested:
             logger.warning("refused C-STORE from %s: SOPInstanceUID %s differs from the request's %s",
@@ -188,7 +190,7 @@ class StoreSCP:
             self._on_stored(stored, calling_ae)
         except OSError as exc:
             logger.error("could not store instance %s of series %s: %s", sop_uid, series_uid, exc.strerror)
-            return self._refuse(STATUS_OUT_OF_RESOURCES)
+            return self._refuse(STATUS_OUT_OF_RESOURCES, series_uid, sop_uid)
         except Exception:
             logger.exception("could not record instance %s of series %s", sop_uid, series_uid)
             return self._refuse(STATUS_PROCESSING_FAILURE)

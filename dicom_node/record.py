@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pydicom
 
@@ -26,12 +27,24 @@ BATCH_WINDOW_S = 0.05
 RETRY_DELAY_S = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An instance refused for lack of space (0xA700): its series waits for it to be sent again."""
+
+    series_uid: str
+    sop_uid: str
+    at: float
+
+
+Item = tuple[StoredInstance, float, str] | Refusal
+
+
 class InstanceRecorder:
     def __init__(self, ledger: Ledger, quiet_period_s: float, clock: Callable[[], float],
                  on_recorded: Callable[[list[RecordOutcome]], None] | None = None) -> None:
         self._ledger, self._quiet_s, self._clock = ledger, quiet_period_s, clock
         self._on_recorded = on_recorded
-        self._queue: queue.SimpleQueue[tuple[StoredInstance, float, str]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
         self._stop = threading.Event()
@@ -42,6 +55,12 @@ class InstanceRecorder:
         with self._idle:
             self._pending += 1
         self._queue.put((stored, self._clock(), calling_ae))
+
+    def put_refusal(self, series_uid: str, sop_uid: str) -> None:
+        """O(1) for the C-STORE handler: note an instance refused for lack of space."""
+        with self._idle:
+            self._pending += 1
+        self._queue.put(Refusal(series_uid, sop_uid, self._clock()))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -61,7 +80,7 @@ class InstanceRecorder:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                batch = [self._queue.get(timeout=0.1)]
+                batch: list[Item] = [self._queue.get(timeout=0.1)]
             except queue.Empty:
                 continue
             # Gather what arrives within a short window: one transaction for many instances costs
@@ -74,10 +93,12 @@ class InstanceRecorder:
                     break
             self._record(batch)
 
-    def _record(self, batch: list[tuple[StoredInstance, float, str]]) -> None:
+    def _record(self, items: list[Item]) -> None:
+        batch = [item for item in items if not isinstance(item, Refusal)]
+        refusals = [(r.series_uid, r.sop_uid, r.at) for r in items if isinstance(r, Refusal)]
         while True:
             try:
-                outcomes = self._ledger.record_instances(batch, self._quiet_s)
+                outcomes = self._ledger.record_instances(batch, self._quiet_s, refusals)
                 break
             except Exception:  # the database is away: keep the batch, try again; never drop it
                 logger.exception("could not record %d instance(s) in the ledger; retrying", len(batch))
@@ -85,7 +106,7 @@ class InstanceRecorder:
         if self._on_recorded is not None:
             self._on_recorded(outcomes)
         with self._idle:
-            self._pending -= len(batch)
+            self._pending -= len(items)
             self._idle.notify_all()
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.assemble import assemble, read_headers
+from dicom_node.assemble import IRREGULAR_SPACING, TOO_FEW_SLICES, assemble, read_headers
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
 from dicom_node.errors import InvalidSeriesError
@@ -43,6 +43,8 @@ PROCESSING_ERROR = "processing_error"
 NO_INSTANCES = "no_instances"
 SPOOL_FILE_MISSING = "spool_file_missing"
 SPOOL_FILE_DAMAGED = "spool_file_damaged"
+INCOMPLETE_SERIES = "incomplete_series"
+INCOMPLETE_LOOKS = (IRREGULAR_SPACING, TOO_FEW_SLICES)    # what a series with refused instances looks like
 
 IDLE_WAIT_S = 1.0
 DISK_RETRY_S = 5.0
@@ -117,6 +119,9 @@ class SynthesisStage:
             return Rejection(exc.reason, str(exc))
         except InvalidSeriesError as exc:
             self._metrics.series.labels("rejected").inc()
+            if claim.refused and exc.reason in INCOMPLETE_LOOKS:
+                return Rejection(INCOMPLETE_SERIES, f"{claim.refused} instance(s) were refused for lack of disk "
+                                 f"space (0xA700) and not sent again within series.refused_wait_s; {exc.detail}")
             return Rejection(exc.reason, exc.detail)
         self._metrics.synth_seconds.observe(synth_s)
         self._metrics.series.labels("derived").inc()

@@ -474,6 +474,26 @@ def pacs_factory() -> Iterator[Callable[..., PacsSCP]]:
         scp.stop()
 
 
+# -- a small disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A private 64 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 

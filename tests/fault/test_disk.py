@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,23 +51,6 @@ def test_write_error_never_acknowledges_success(node_factory: NodeFactory) -> No
     blocker.unlink()                                                   # space (or sanity) returns
     assert send_datasets(source, node.port) == [0] * 4
     assert node.wait_state(uid, "done")["derived_count"] == derived_count(4)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A private 64 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
-    mountpoint = tmp_path / "small-disk"
-    mountpoint.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True, timeout=30, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
 
 
 def test_watermark_recovers_by_itself_when_space_returns(small_disk: Path, node_factory: NodeFactory) -> None:

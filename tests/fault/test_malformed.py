@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
@@ -25,6 +25,7 @@ from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGLSLossless,
     MRImageStorage,
 )
@@ -193,6 +194,20 @@ def undecodable_jpeg_ls(seed: int) -> Callable[[int, Path], Outcome]:
     return send
 
 
+def corrupt_jpeg2000(seed: int) -> Callable[[int, Path], Outcome]:
+    """A real JPEG 2000 Lossless codestream with its header overwritten: every decoder fails on it."""
+    def send(port: int, _workdir: Path) -> Outcome:
+        datasets = make_ct_series(slices=6, rows=64, cols=64, seed=seed)     # openjpeg needs more than 16²
+        for ds in datasets:
+            ds.compress(JPEG2000Lossless)
+            frame = bytearray(generate_frames(ds.PixelData, number_of_frames=1).__next__())
+            frame[8:64] = bytes(56)
+            ds.PixelData = encapsulate([bytes(frame)])
+        return Outcome(str(datasets[0].SeriesInstanceUID), send_datasets(datasets, port), {})
+
+    return send
+
+
 def rejected_context(sop_class: str, syntax: str) -> Callable[[int, Path], Outcome]:
     def send(port: int, _workdir: Path) -> Outcome:
         ae = scu("MODALITY", [syntax], [sop_class])
@@ -305,6 +320,7 @@ CASES = [
     Case("missing_pixel_data", datasets_case(edited(652, delete_all("PixelData"))), 0, "undecodable_pixels"),
     Case("short_pixel_data", datasets_case(edited(653, short_pixels)), 0, "undecodable_pixels"),
     Case("undecodable_compressed_pixels", undecodable_jpeg_ls(654), 0, "undecodable_pixels"),
+    Case("corrupt_jpeg2000", corrupt_jpeg2000(655), 0, "undecodable_pixels"),
     Case("non_ct_modality", datasets_case(lambda: series(655, modality="MR")), 0, "not_ct"),
     Case("unsupported_sop_class_in_dataset", raw_case(edited(656, enhanced_ct_in_ct_context)), 0,
          "unsupported_sop_class"),
@@ -401,6 +417,15 @@ def test_path_characters_never_touch_the_filesystem(run: Run) -> None:
     assert not Path("/tmp/fault-evil").exists()
     storage = run.node.storage_dir
     assert not any(".." in p.name for p in storage.rglob("*"))
+
+
+def test_undecodable_pixels_log_a_reason_not_a_traceback(run: Run) -> None:
+    uid = run.outcomes["corrupt_jpeg2000"].series_uid
+    row = run.node.wait_state(uid, ("rejected", "done", "failed"), timeout_s=40)
+    assert row["reason"] == "undecodable_pixels" and "1.2.840.10008.1.2.4.90" in row["detail"]
+    log = run.node.log_text()
+    assert f"series {uid} rejected (undecodable_pixels)" in log
+    assert "Traceback" not in log and " pydicom." not in log   # the decoders' own error lines stay quiet
 
 
 def test_still_processes_a_good_series_afterwards(run: Run) -> None:

@@ -18,13 +18,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from pydicom.dataset import Dataset
 
-from tests.fault.conftest import NodeFactory, PacsSCP, PostgresServer, derived_count, send_datasets, stays, wait_for
-from tests.fault.test_disk import small_disk  # noqa: F401 (a fixture)
+from tests.fault.conftest import (
+    NodeFactory,
+    NodeProcess,
+    PacsSCP,
+    PostgresServer,
+    derived_count,
+    send_datasets,
+    stays,
+    wait_for,
+)
 from tests.interop.peers import free_port
 from tests.support.ct_series import make_ct_series
 
 PacsFactory = Callable[..., PacsSCP]
+OUT_OF_RESOURCES = 0xA700
 
 
 def readyz(port: int) -> tuple[int, dict[str, object]]:
@@ -42,7 +52,7 @@ def lines_per_second(log: str, pattern: str) -> float:
 
 
 def test_a_series_without_room_for_its_derived_series_waits_for_space(
-        small_disk: Path, node_factory: NodeFactory) -> None:  # noqa: F811 (the fixture)
+        small_disk: Path, node_factory: NodeFactory) -> None:
     web_port = free_port()
     node = node_factory(outbox=True, quiet_period_s=2.0,
                         overrides={"node": {"storage_dir": str(small_disk / "var"), "disk_watermark": 0.99},
@@ -57,7 +67,7 @@ def test_a_series_without_room_for_its_derived_series_waits_for_space(
     stays(lambda: node.state(uid) == "complete", 3.0, "the series waiting (not rejected, not started)")
     status, body = readyz(web_port)
     assert status == 503
-    assert any("synthesis" in str(r) and "needs about" in str(r) for r in body["reasons"])  # type: ignore[attr-defined]
+    assert any("synthesis" in str(r) and "needs about" in str(r) for r in body["reasons"])
     ballast.unlink()                                            # space returns; no restart
     row = node.wait_state(uid, "done", timeout_s=30)
     assert row["derived_count"] == derived_count(8) and row["reason"] == ""
@@ -106,3 +116,40 @@ def test_the_pipeline_survives_the_database_going_away(node_factory: NodeFactory
     assert "rejected" not in log
     for cause in ("timer complete-due failed", "synthesis: OperationalError", "could not record"):
         assert lines_per_second(log, cause) <= 1, f"{cause!r} logged more than once a second"
+
+
+def _cut_short(node_factory: NodeFactory, small_disk: Path,
+               refused_wait_s: float) -> tuple[NodeProcess, str, list[Dataset]]:
+    """Slices 0-3 stored, 4-5 refused (disk above the watermark), 6-7 stored once space is back."""
+    node = node_factory(outbox=True, quiet_period_s=1.0,
+                        overrides={"node": {"storage_dir": str(small_disk / "var"), "disk_watermark": 0.6},
+                                   "series": {"refused_wait_s": refused_wait_s}})
+    source = make_ct_series(slices=8, seed=643 + int(refused_wait_s))
+    uid = str(source[0].SeriesInstanceUID)
+    assert send_datasets(source[:4], node.port) == [0] * 4
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (48 << 20))                       # 48 of 64 MiB: above the 60 % watermark
+    probe = make_ct_series(slices=1, seed=649)                      # another series, to see the guard turn
+    wait_for(lambda: send_datasets(probe, node.port) == [OUT_OF_RESOURCES], 10, "stores to be refused")
+    assert send_datasets(source[4:6], node.port) == [OUT_OF_RESOURCES] * 2
+    ballast.unlink()
+    wait_for(lambda: send_datasets(probe, node.port) == [0], 10, "stores to be accepted again")
+    assert send_datasets(source[6:], node.port) == [0] * 2
+    return node, uid, list(source)
+
+
+def test_a_series_cut_short_by_a_full_disk_waits_for_the_rest(
+        small_disk: Path, node_factory: NodeFactory) -> None:
+    node, uid, source = _cut_short(node_factory, small_disk, refused_wait_s=600.0)
+    stays(lambda: node.state(uid) == "receiving", 3.0, "the series waiting for its refused instances")
+    assert send_datasets(source[4:6], node.port) == [0] * 2
+    row = node.wait_state(uid, "done")
+    assert row["derived_count"] == derived_count(8) and row["instance_count"] == 8
+
+
+def test_a_series_whose_refused_instances_never_come_is_named_incomplete(
+        small_disk: Path, node_factory: NodeFactory) -> None:
+    node, uid, _source = _cut_short(node_factory, small_disk, refused_wait_s=3.0)
+    row = node.wait_state(uid, "rejected", timeout_s=30)
+    assert row["reason"] == "incomplete_series"
+    assert row["detail"].startswith("2 instance(s) were refused for lack of disk space (0xA700)")

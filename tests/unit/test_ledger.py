@@ -226,3 +226,37 @@ def test_instance_arriving_before_the_worker_starts_extends_the_quiet_period(led
     ledger.record_instance(stored("1.2.3.2"), 112.0, QUIET)     # a new slice: wait again
     assert state_of(ledger) == SeriesState.RECEIVING
     assert ledger.complete_due(121.0) == [] and ledger.complete_due(122.0) == ["1.2.3"]
+
+
+def test_a_series_waits_for_instances_refused_for_lack_of_space(ledger: Ledger) -> None:
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 101.0)])
+    assert ledger.complete_due(200.0, refused_wait_s=600.0) == []        # quiet long over; still waiting
+    assert state_of(ledger) == SeriesState.RECEIVING
+    ledger.record_instance(stored("1.2.3.2"), 300.0, QUIET)              # the refused instance comes again
+    assert ledger.complete_due(300.0 + QUIET, refused_wait_s=600.0) == ["1.2.3"]
+    claim = ledger.claim_series("w1", 320.0, 60)
+    assert claim is not None and claim.refused == 0
+
+
+def test_the_wait_for_refused_instances_runs_out(ledger: Ledger) -> None:
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 101.0), ("1.2.3", "1.2.3.3", 102.0)])
+    assert ledger.complete_due(700.0, refused_wait_s=600.0) == []
+    assert ledger.complete_due(702.5, refused_wait_s=600.0) == ["1.2.3"]
+    claim = ledger.claim_series("w1", 703.0, 60)
+    assert claim is not None and claim.refused == 2
+
+
+def test_a_refused_resend_of_a_held_instance_is_not_waited_for(ledger: Ledger) -> None:
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.1", 101.0)])
+    assert ledger.complete_due(120.0, refused_wait_s=600.0) == ["1.2.3"]
+
+
+def test_a_refusal_reopens_a_complete_series_not_yet_taken(ledger: Ledger) -> None:
+    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    assert ledger.complete_due(110.0) == ["1.2.3"]
+    ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 111.0)])
+    assert state_of(ledger) == SeriesState.RECEIVING
+    assert ledger.claim_series("w1", 112.0, 60) is None
