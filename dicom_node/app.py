@@ -32,7 +32,8 @@ from dicom_node.spool import Spool, StoredInstance
 from dicom_node.stage import Stage, StageHealth, Supervisor
 from dicom_node.synthesis import SynthesisStage
 from dicom_node.transient import describe
-from synth.synthesizer import Synthesizer, build_synthesizer
+from synth.backends import build_synthesizer
+from synth.seam import Synthesizer
 
 logger = logging.getLogger(__name__)
 

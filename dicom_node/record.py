@@ -98,7 +98,7 @@ class InstanceRecorder:
         refusals = [(r.series_uid, r.sop_uid, r.at) for r in items if isinstance(r, Refusal)]
         while True:
             try:
-                outcomes = self._ledger.record_instances(batch, self._quiet_s, refusals)
+                outcomes = self._ledger.record_instances(batch, self._quiet_s, refusals=refusals)
                 break
             except Exception:  # the database is away: keep the batch, try again; never drop it
                 logger.exception("could not record %d instance(s) in the ledger; retrying", len(batch))

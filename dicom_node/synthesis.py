@@ -34,7 +34,7 @@ from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite, StageWait
 from dicom_node.transient import is_transient
 from dicom_node.write import DerivedSeries, write_derived_series
-from synth.synthesizer import SynthesisRefusedError, Synthesizer
+from synth.seam import SynthesisRefusedError, Synthesizer
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dicom_node.assemble import SourceSeries
 from dicom_node.provenance import DERIVATION_PREFIX, MANUFACTURER, MODEL_NAME
 from dicom_node.spool import atomic_write
 from dicom_node.uids import derived_uid
-from synth.synthesizer import SynthIdentity
+from synth.seam import SynthIdentity
 from synth.volume import CTVolume
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("synth.infer_cli", "synthesize a thin-slice volume from a thick one (NIfTI/NRRD/DICOM folder)"),
-    "simulate-thick": ("synth.simulate_cli", "make a thick-slice volume from a thin one"),
-    "phantom": ("synth.phantom_cli", "generate synthetic 1-mm chest phantoms"),
-    "train": ("synth.train_cli", "train CTHNet on paired or simulated data"),
-    "evaluate": ("synth.evaluate_cli", "evaluate a model against BIS and write a report"),
+    "simulate-thick": ("synth.research.simulate_cli", "make a thick-slice volume from a thin one"),
+    "phantom": ("synth.research.phantom_cli", "generate synthetic 1-mm chest phantoms"),
+    "train": ("synth.research.train_cli", "train CTHNet on paired or simulated data"),
+    "evaluate": ("synth.research.evaluate_cli", "evaluate a model against BIS and write a report"),
 }
 
 
@@ -24,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # command not built yet
+        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command)
         command.set_defaults(_module=module)

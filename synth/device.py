@@ -1,6 +1,9 @@
-"""Device and precision selection for the torch backends."""
+"""Device and precision selection for the torch backends and training: one resolver for both."""
 
 from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -39,3 +42,10 @@ def resolve_precision(device: torch.device, precision: str) -> torch.dtype | Non
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use fp32 or bf16 on CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
+    """Autocast to `dtype` on `device` (from resolve_precision), or nothing for plain fp32 (None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

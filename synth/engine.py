@@ -20,7 +20,6 @@ resample to 5 mm first: that would interpolate the very slices the model is mean
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,10 +30,10 @@ from torch import nn
 import synth
 from synth.checkpoint import build_model, load_weights
 from synth.config import SynthConfig
-from synth.device import resolve_device, resolve_precision
+from synth.device import autocast, resolve_device, resolve_precision
 from synth.nets import CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
-from synth.synthesizer import ProgressCallback, SynthesisRefusedError, SynthIdentity
+from synth.seam import ProgressCallback, SynthesisRefusedError, SynthIdentity
 from synth.tiling import VolumePlan, plan_volume
 from synth.volume import CTVolume
 
@@ -56,7 +55,7 @@ class UnsupportedSpacingError(SynthesisRefusedError):
 
 
 class CTHNetSynthesizer:
-    """Implements synth.synthesizer.Synthesizer with a CTHNet-like model (any module with `.spec`)."""
+    """Implements synth.seam.Synthesizer with a CTHNet-like model (any module with `.spec`)."""
 
     def __init__(self, model: nn.Module, *, weights_sha256: str, name: str = "CTHNet", device: str = "auto",
                  batch_size: int = 1, precision: str = "auto", z_stride: int | None = None, tile: int | None = None,
@@ -72,7 +71,7 @@ class CTHNetSynthesizer:
             raise ValueError(f"spacing range must satisfy 0 < min <= max, got {min_spacing_mm}, {max_spacing_mm}")
         self.spec = spec
         self.tile = spec.tile_size if tile is None else tile
-        step = math.lcm(spec.t_fold, spec.t_window, spec.i_window, spec.enc_window[1], spec.enc_window[2])
+        step = spec.window_step
         if self.tile < step or self.tile % step:
             raise ValueError(f"tile must be a positive multiple of {step} for this spec, got {self.tile}")
         self.min_overlap = self.tile // 4 if min_overlap is None else min_overlap
@@ -190,10 +189,7 @@ class CTHNetSynthesizer:
                 plan.x.in_starts[i]:plan.x.in_starts[i] + plan.x.in_size]
             for k, j, i in chunk
         ])[:, None]
-        if self.autocast_dtype is None:
+        with autocast(self.device, self.autocast_dtype):
             out = self.model(batch)
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
-                out = self.model(batch)
         result: torch.Tensor = out[:, 0].float().clamp_(0.0, 1.0)
         return result

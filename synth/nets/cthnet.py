@@ -162,7 +162,7 @@ class CTHNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         s = self.spec
-        step = math.lcm(s.t_fold, s.t_window, s.i_window, s.enc_window[1], s.enc_window[2])
+        step = s.window_step
         if x.ndim != 5 or x.shape[1] != 1 or x.shape[2] != s.in_slices or x.shape[3] % step or x.shape[4] % step:
             raise ValueError(f"CTHNet input must be (B, 1, {s.in_slices}, Y, X) with Y and X multiples of {step}, "
                              f"got {tuple(x.shape)}")
@@ -204,10 +204,10 @@ class CTHNet(nn.Module):
 def bspline_window_matrix(in_slices: int, ratio: int) -> torch.Tensor:
     """(window_slices, in_slices) matrix M with M @ thick = the BIS interpolation of one window.
 
-    Built by interpolating unit impulses with synth.interpolate (the node's BIS backend), so the
+    Built by interpolating unit impulses with synth.bspline (the maths of the node's BIS backend), so the
     residual base and the BIS baseline are one computation.
     """
-    from synth.interpolate import interpolate_z
+    from synth.bspline import interpolate_z
     from synth.volume import CTVolume
 
     impulses = np.eye(in_slices, dtype=np.float32)[:, :, None]          # (z, impulse, 1)

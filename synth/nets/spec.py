@@ -8,6 +8,7 @@ inside every checkpoint, so architecture and weights cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -84,6 +85,11 @@ class CTHNetSpec:
     def _check_divisible(name: str, value: int, by_name: str, by: int) -> None:
         if value % by:
             raise ValueError(f"CTHNetSpec: {name}={value} must be divisible by {by_name}={by}")
+
+    @property
+    def window_step(self) -> int:
+        """In-plane sizes (tiles, crops) must be multiples of this: every attention window grid fits."""
+        return math.lcm(self.t_fold, self.t_window, self.i_window, self.enc_window[1], self.enc_window[2])
 
     @property
     def window_slices(self) -> int:

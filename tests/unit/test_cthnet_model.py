@@ -237,7 +237,7 @@ def test_chunked_inference_equals_plain_inference() -> None:
 
 def test_global_residual_starts_as_bis_and_keeps_the_schema() -> None:
     """Untrained, a global-residual CTHNet returns exactly the BIS interpolation of its window."""
-    from synth.interpolate import interpolate_z
+    from synth.bspline import interpolate_z
     from synth.volume import CTVolume
 
     spec = dataclasses.replace(TINY, global_residual=True)

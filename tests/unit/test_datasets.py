@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from synth.datasets import (
+from synth.research.datasets import (
     DEFAULT_GEOMETRY,
     DatasetError,
     Geometry,
@@ -130,7 +130,7 @@ def test_read_errors_and_dicom_series(tmp_path: Path) -> None:
 
 
 def test_more_reading_errors(tmp_path: Path) -> None:
-    from synth.datasets import from_sitk
+    from synth.research.datasets import from_sitk
 
     with pytest.raises(DatasetError, match="expected a 3-D image, got 2-D"):
         from_sitk(sitk.Image(4, 4, sitk.sitkFloat32))

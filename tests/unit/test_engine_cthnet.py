@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synth.backends import build_synthesizer
 from synth.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
 from synth.config import SynthConfig
 from synth.engine import CTHNetSynthesizer, UnsupportedSpacingError
 from synth.nets import CTHNet, CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
-from synth.synthesizer import SynthesisRefusedError, build_synthesizer, output_slices
+from synth.seam import SynthesisRefusedError, output_slices
 from synth.volume import CTVolume
 from tests.support.tiny_cthnet import TINY
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from synth.evaluate import THICK, TRUTH, EvalCase, Evaluation, evaluate
 from synth.interpolate import InterpolationSynthesizer
-from synth.phantom import PhantomSpec, make_phantom
+from synth.research.evaluate import THICK, TRUTH, EvalCase, Evaluation, evaluate
+from synth.research.phantom import PhantomSpec, make_phantom
+from synth.seam import ProgressCallback, SynthIdentity
 from synth.simulate import simulate_thick
-from synth.synthesizer import ProgressCallback, SynthIdentity
 from synth.volume import CTVolume
 
 
@@ -110,8 +110,8 @@ def test_cli_bis_and_dls_on_a_paired_folder(tmp_path: Path, capsys: pytest.Captu
     from dataclasses import replace
 
     from synth.cli import main
-    from synth.datasets import DEFAULT_GEOMETRY, simulated_pair, write_volume
-    from synth.train import TrainConfig, spec_preset, train
+    from synth.research.datasets import DEFAULT_GEOMETRY, simulated_pair, write_volume
+    from synth.research.train import TrainConfig, spec_preset, train
 
     spec = PhantomSpec(slices=16, size=32, pixel_mm=5.0, nodules_min=0, nodules_max=0)
     pairs = [simulated_pair(f"p{s}", make_phantom(s, spec).volume) for s in (1, 2)]

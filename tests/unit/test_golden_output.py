@@ -23,8 +23,9 @@ import pytest
 from dicom_node.assemble import assemble
 from dicom_node.config import SeriesSection
 from dicom_node.write import derived_files, write_derived_series
+from synth.backends import build_synthesizer
 from synth.config import SynthConfig
-from synth.synthesizer import Synthesizer, build_synthesizer
+from synth.seam import Synthesizer
 from tests.support.ct_series import make_ct_series
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from synth.backends import build_synthesizer
+from synth.bspline import interpolate_z
 from synth.config import SynthConfig
-from synth.interpolate import InterpolationSynthesizer, interpolate_z
-from synth.synthesizer import build_synthesizer
+from synth.interpolate import InterpolationSynthesizer
 from synth.volume import CTVolume
 
 

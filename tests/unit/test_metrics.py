@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from synth.metrics import data_consistency_psnr, evaluated_slices, psnr, ssim, to_unit
+from synth.research.metrics import data_consistency_psnr, evaluated_slices, psnr, ssim, to_unit
 from synth.simulate import simulate_thick
 from synth.volume import CTVolume
 

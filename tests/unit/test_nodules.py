@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth.nodules import Candidate, detect_blobs, sensitivity_at_fp
-from synth.phantom import Nodule
+from synth.research.nodules import Candidate, detect_blobs, sensitivity_at_fp
+from synth.research.phantom import Nodule
 from synth.simulate import simulate_thick
 from synth.volume import CTVolume
 

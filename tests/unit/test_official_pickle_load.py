@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from synth.checkpoint import CheckpointError, build_model, load_weights
+from synth.checkpoint.official import UnsafeCheckpointError, load_official, read_official_pickle
 from synth.nets import CTHNet, CTHNetSpec
 from synth.nets.blocks import DropPath, Mlp, SwinBlock, WindowAttention
 from synth.nets.cthnet import RSTB, CTHLayer3d, Encoder3d, PatchNorm, ResidualGroup, SwinDecoder2d
-from synth.official_pickle import UnsafeCheckpointError, load_official, read_official_pickle
 from tests.support.tiny_cthnet import TINY
 
 

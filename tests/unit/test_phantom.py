@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from synth.cli import main
-from synth.phantom import NODULE_KINDS, Phantom, PhantomSpec, make_phantom
+from synth.research.phantom import NODULE_KINDS, Phantom, PhantomSpec, make_phantom
 
 SMALL = PhantomSpec(slices=48, size=128, pixel_mm=2.8, nodules_min=3, nodules_max=3)
 

@@ -48,10 +48,10 @@ def test_recorder_keeps_a_batch_until_the_ledger_takes_it(ledger: Ledger, monkey
     real = ledger.record_instances
     failures = threading.Semaphore(2)
 
-    def flaky(batch, quiet_s):  # type: ignore[no-untyped-def]
+    def flaky(batch, quiet_s, refusals=()):  # type: ignore[no-untyped-def]
         if failures.acquire(blocking=False):
             raise RuntimeError("database is locked")
-        return real(batch, quiet_s)
+        return real(batch, quiet_s, refusals=refusals)
 
     monkeypatch.setattr(ledger, "record_instances", flaky)
     recorder = InstanceRecorder(ledger, 10.0, lambda: 1.0)

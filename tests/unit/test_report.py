@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synth.evaluate import EvalCase, evaluate
 from synth.interpolate import InterpolationSynthesizer
-from synth.report import table, write_report
+from synth.research.evaluate import EvalCase, evaluate
+from synth.research.report import table, write_report
 from tests.unit.test_evaluate import Oracle, make_cases
 
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from synth.backends import build_synthesizer
+from synth.bspline import interpolate_z
 from synth.checkpoint import file_sha256, load_weights
 from synth.cli import main
 from synth.config import SHIPPED_WEIGHTS, SynthConfig
-from synth.datasets import PairedCase, simulated_pair
 from synth.engine import CTHNetSynthesizer
-from synth.interpolate import interpolate_z
-from synth.metrics import data_consistency_psnr, psnr
-from synth.phantom import PhantomSpec, make_phantom
-from synth.synthesizer import build_synthesizer
+from synth.research.datasets import PairedCase, simulated_pair
+from synth.research.metrics import data_consistency_psnr, psnr
+from synth.research.phantom import PhantomSpec, make_phantom
 from synth.volume import CTVolume
 from tests.unit.test_cthnet_infer_cli import thick_image
 

@@ -12,10 +12,10 @@ import pytest
 
 from synth.checkpoint import load_checkpoint
 from synth.cli import main
-from synth.datasets import PairedCase, simulated_pair
 from synth.nets import CTHNetSpec
-from synth.train import TrainConfig, _Case, sample_crop, spec_preset, train, window_starts
-from synth.train_cli import split_names
+from synth.research.datasets import PairedCase, simulated_pair
+from synth.research.train import TrainConfig, _Case, sample_crop, spec_preset, train, window_starts
+from synth.research.train_cli import split_names
 from synth.volume import CTVolume
 
 TINY = replace(spec_preset("tiny"), dec_drop_path=0.0)

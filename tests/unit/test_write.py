@@ -14,7 +14,7 @@ from dicom_node.policy import instance_refusal
 from dicom_node.provenance import is_own_output
 from dicom_node.write import DerivedSeries, derived_files, write_derived_series
 from synth.interpolate import InterpolationSynthesizer
-from synth.synthesizer import SynthIdentity
+from synth.seam import SynthIdentity
 from tests.support.ct_series import make_ct_series, position_mm, sorted_by_position
 from tests.unit.test_assemble import run
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK
 
+from synth.normalize import HU_MIN, HU_RANGE
 from synth.simulate import simulate_thick
 from synth.volume import CTVolume
 
@@ -26,7 +27,6 @@ sitk: Any = SimpleITK  # SimpleITK's annotations are partial; treat it as untype
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 INTENSITY_MODES = ("auto", "hu", "unit")
-HU_MIN, HU_MAX = -1024.0, 2048.0
 
 
 class DatasetError(ValueError):
@@ -145,7 +145,7 @@ def to_hu(volume: CTVolume, intensity: str, where: str) -> CTVolume:
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
     if volume.hu.min() < -0.01 or volume.hu.max() > 1.01:
         raise DatasetError(f"{where}: intensity 'unit' needs values in [0, 1]")
-    hu = (volume.hu * np.float32(HU_MAX - HU_MIN) + np.float32(HU_MIN)).astype(np.float32)
+    hu = (volume.hu * np.float32(HU_RANGE) + np.float32(HU_MIN)).astype(np.float32)
     return CTVolume(hu, volume.spacing_mm)
 
 

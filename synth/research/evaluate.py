@@ -1,7 +1,7 @@
 """Paper-style evaluation: PSNR/SSIM against the true 1-mm volume, medians [IQR], Wilcoxon p.
 
 For every case each synthesizer (e.g. BIS and DLS) turns the thick volume into a thin one. With a
-true thin volume: PSNR and SSIM as in `synth.metrics` (window [-1024, 2048] → [0, 1]; 5 edge slices
+true thin volume: PSNR and SSIM as in `synth.research.metrics` (window [-1024, 2048] → [0, 1]; 5 edge slices
 excluded at each end; SSIM per axial slice with an 11 x 11 Gaussian window, sigma 1.5). Always: the
 data-consistency PSNR (re-thicken the output with the triangular simulation, compare with the
 input). With a nodule list: the blob detector on thick, each output and the truth, and sensitivity
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from synth.metrics import data_consistency_psnr, psnr, ssim
-from synth.nodules import Candidate, Sensitivity, detect_blobs, sensitivity_at_fp
-from synth.phantom import Nodule
-from synth.synthesizer import Synthesizer
+from synth.research.metrics import data_consistency_psnr, psnr, ssim
+from synth.research.nodules import Candidate, Sensitivity, detect_blobs, sensitivity_at_fp
+from synth.research.phantom import Nodule
+from synth.seam import Synthesizer
 from synth.volume import CTVolume
 
 THICK, TRUTH = "thick", "truth"

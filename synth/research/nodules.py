@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from synth.metrics import to_unit
-from synth.phantom import Nodule
+from synth.research.metrics import to_unit
+from synth.research.phantom import Nodule
 from synth.volume import CTVolume
 
 SIGMAS_MM = (1.5, 2.5, 3.5)            # blob radius ≈ sigma·√3: 2.6-6 mm, i.e. 3-12 mm nodules

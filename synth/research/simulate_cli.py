@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synth.datasets import DatasetError, read_volume, write_volume
+    from synth.research.datasets import DatasetError, read_volume, write_volume
     from synth.simulate import simulate_thick
 
     try:

@@ -1,4 +1,9 @@
-"""The Synthesizer seam: CTVolume at spacing d in, CTVolume at spacing d/factor out."""
+"""The Synthesizer seam: CTVolume at spacing d in, CTVolume at spacing d/factor out.
+
+The types every backend and the node share, and nothing else: this module imports only
+`synth.volume`, so any backend and the node can depend on it without a cycle. The registry that
+builds a backend from the config is `synth.backends`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from synth.config import SynthConfig
 from synth.volume import CTVolume
 
 
@@ -55,15 +59,3 @@ def output_slices(n_input: int, factor: int) -> int:
     if n_input < 2:
         raise ValueError(f"synthesis needs at least 2 input slices, got {n_input}")
     return factor * (n_input - 1) + 1
-
-
-def build_synthesizer(cfg: SynthConfig) -> Synthesizer:
-    if cfg.backend == "interpolation":
-        from synth.interpolate import InterpolationSynthesizer
-
-        return InterpolationSynthesizer(factor=cfg.factor)
-    if cfg.backend == "cthnet":
-        from synth.engine import CTHNetSynthesizer  # torch is imported only when asked for
-
-        return CTHNetSynthesizer.from_config(cfg)
-    raise ValueError(f"synth.backend must be 'interpolation' or 'cthnet', got {cfg.backend!r}")

@@ -20,7 +20,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from synth.checkpoint import CheckpointError, CheckpointMetadata, LoadedWeights, check_state_dict, file_sha256
+from synth.checkpoint.common import (
+    CheckpointError,
+    CheckpointMetadata,
+    LoadedWeights,
+    check_state_dict,
+    file_sha256,
+)
 from synth.nets import CTHNet, CTHNetSpec
 
 _ADMITTED: dict[tuple[str, str], Any] = {
@@ -160,7 +166,7 @@ def check_official_config(path: str | os.PathLike[str], config: dict[str, Any], 
     for key, want in expected.items():
         if key not in config:
             continue
-        got, want = _plain(config[key]), _plain(want)
+        got, want = _config_value(config[key]), _config_value(want)
         if got != want:
             diffs.append(f"{key}={got!r} (spec expects {want!r})")
     if diffs:
@@ -203,12 +209,13 @@ def _collect_state(obj: InertStandIn, prefix: str, out: dict[str, torch.Tensor],
         _collect_state(child, f"{prefix}{name}.", out, path)
 
 
-def _plain(value: Any) -> Any:
+def _config_value(value: Any) -> Any:
+    """A config_dict value as a plain comparable value (the official code writes some as strings)."""
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             return value
     if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(_config_value(v) for v in value)
     return value

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from synth.evaluate import BASELINE, THICK, TRUTH, Evaluation, Views
+from synth.research.evaluate import BASELINE, THICK, TRUTH, Evaluation, Views
 
 LUNG_WINDOW = (-600.0, 1500.0)          # level, width (HU)
 METRICS = (("psnr_db", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("consistency_db", "Data consistency PSNR (dB)", 2))

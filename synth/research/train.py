@@ -27,9 +27,12 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from synth.datasets import PairedCase
-from synth.metrics import EDGE_SLICES, HU_MAX, HU_MIN, psnr
+from synth.checkpoint import save_checkpoint
+from synth.device import autocast, resolve_device, resolve_precision
 from synth.nets import CTHNet, CTHNetSpec
+from synth.normalize import HU_MIN, HU_RANGE, hu_to_unit
+from synth.research.datasets import PairedCase
+from synth.research.metrics import EDGE_SLICES, psnr
 
 logger = logging.getLogger(__name__)
 
@@ -108,31 +111,10 @@ CheckpointWriter = Callable[[nn.Module, CTHNetSpec, dict[str, Any], Path], None]
 
 
 def default_checkpoint_writer(model: nn.Module, spec: CTHNetSpec, metadata: dict[str, Any], path: Path) -> None:
-    """Our checkpoint format (synth.checkpoint): state_dict + spec + metadata + sha256.
-
-    Until synth.checkpoint exists, an interim file with the same content (no sha256) is written.
-    """
-    import importlib
-
-    try:
-        checkpoint: Any = importlib.import_module("synth.checkpoint")
-    except ModuleNotFoundError:
-        torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "metadata": metadata}, path)
-        return
-    checkpoint.save_checkpoint(path, model, metadata=metadata)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name.startswith("cuda"):
-        return torch.device(name)
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
-def to_unit_f32(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    out: npt.NDArray[np.float32] = ((np.clip(hu, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)).astype(np.float32)
-    return out
+    """Our checkpoint format (synth.checkpoint): state_dict + spec + metadata + sha256."""
+    if not isinstance(model, CTHNet):
+        raise TypeError(f"the checkpoint writer needs a CTHNet, got {type(model).__name__}")
+    save_checkpoint(path, model, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +136,7 @@ def _prepare(cases: Sequence[PairedCase], spec: CTHNetSpec, crop: int, role: str
                 f"{role} case {case.name}: thick volume {case.thick.shape} is smaller than a "
                 f"{spec.in_slices} x {crop} x {crop} crop"
             )
-        out.append(_Case(case.name, to_unit_f32(case.thick.hu), to_unit_f32(case.thin.hu)))
+        out.append(_Case(case.name, hu_to_unit(case.thick.hu), hu_to_unit(case.thin.hu)))
     if not out:
         raise ValueError(f"no {role} cases")
     return out
@@ -186,28 +168,25 @@ def window_starts(n_thick: int, in_slices: int) -> list[int]:
 
 
 @torch.no_grad()
-def predict_central(model: CTHNet, thick: npt.NDArray[np.float32], device: torch.device) -> npt.NDArray[np.float32]:
+def predict_central(model: CTHNet, thick: npt.NDArray[np.float32], device: torch.device,
+                    precision: torch.dtype | None = None) -> npt.NDArray[np.float32]:
     """Validation inference as the official val.py: windows written (not blended) into a thin buffer."""
     spec = model.spec
     z = thick.shape[0]
     out = np.zeros((spec.ratio * (z - 1) + 1, *thick.shape[1:]), dtype=np.float32)
     for s in window_starts(z, spec.in_slices):
         x = torch.from_numpy(np.ascontiguousarray(thick[s : s + spec.in_slices]))[None, None].to(device)
-        with _autocast(device):
+        with autocast(device, precision):
             y = model(x).float().clamp(0.0, 1.0)
         t0 = spec.ratio * s + spec.crop
         out[t0 : t0 + spec.out_slices] = y[0, 0].cpu().numpy()
     return out
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def validate(model: CTHNet, cases: Sequence[_Case], crop: int, device: torch.device) -> float:
+def validate(model: CTHNet, cases: Sequence[_Case], crop: int, device: torch.device,
+             precision: torch.dtype | None = None) -> float:
     """Mean PSNR (dB, MAX = 1) over the central crop, excluding EDGE_SLICES thin slices at each end."""
-    step = math.lcm(model.spec.t_fold, model.spec.t_window, model.spec.i_window,
-                    model.spec.enc_window[1], model.spec.enc_window[2])
+    step = model.spec.window_step
     model.eval()
     scores = []
     for case in cases:
@@ -216,8 +195,8 @@ def validate(model: CTHNet, cases: Sequence[_Case], crop: int, device: torch.dev
         y0, x0 = (y - size) // 2, (x - size) // 2
         thick = case.thick[:, y0 : y0 + size, x0 : x0 + size]
         truth = case.thin[:, y0 : y0 + size, x0 : x0 + size]
-        pred = predict_central(model, thick, device)
-        scale = np.float32(HU_MAX - HU_MIN)
+        pred = predict_central(model, thick, device, precision)
+        scale = np.float32(HU_RANGE)
         scores.append(psnr(truth * scale + np.float32(HU_MIN), pred * scale + np.float32(HU_MIN), EDGE_SLICES))
     model.train()
     return float(np.mean(scores))
@@ -234,92 +213,123 @@ def train(
     write_checkpoint: CheckpointWriter = default_checkpoint_writer,
 ) -> TrainResult:
     """Train, writing `best.pt` (our checkpoint format) and the resumable `last.pt` under out_dir."""
-    cfg = cfg or TrainConfig()
-    device = select_device(cfg.device)
-    train_data = _prepare(train_cases, spec, spec.tile_size, "training")
-    val_data = _prepare(val_cases, spec, 1, "validation")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    model = CTHNet(spec).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=0.1, patience=cfg.patience, threshold=cfg.plateau_threshold
-    )
-    result = TrainResult(0, -math.inf, -1, 0, "epochs")
-    start_epoch = 0
-    state_path = out_dir / STATE_FILE
-    if resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["spec"] != spec.to_dict():
-            raise ValueError(f"{state_path}: saved spec differs from the requested one; cannot resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-        start_epoch = int(state["epoch"]) + 1
-        result = TrainResult(start_epoch, float(state["best_val_psnr"]), int(state["best_epoch"]),
-                             int(state["lr_drops"]), "epochs", list(state["history"]))
-        logger.info("resumed from %s at epoch %d", state_path, start_epoch)
-    elif resume:
-        logger.info("no %s to resume from; starting afresh", state_path)
-    started = time.monotonic()
-    epochs = range(start_epoch, cfg.epochs)
-    bar: Any = epochs
-    if cfg.progress:
-        from tqdm import tqdm
+    run = _Run(spec, train_cases, val_cases, out_dir, cfg or TrainConfig(), data_description, write_checkpoint)
+    if resume:
+        run.resume()
+    return run.loop()
 
-        bar = tqdm(epochs, initial=start_epoch, total=cfg.epochs, desc="train", unit="epoch", dynamic_ncols=True)
-    model.train()
-    for epoch in bar:
-        losses = []
-        order = rng.permutation(len(train_data) * cfg.crops_per_case) % len(train_data)
-        for index in order:
-            thick, thin = sample_crop(train_data[int(index)], spec, rng, cfg.flip_p)
-            x = torch.from_numpy(thick)[None, None].to(device)
-            target = torch.from_numpy(thin)[None, None].to(device)
-            with _autocast(device):
-                pred = model(x)
-            loss = nn.functional.l1_loss(pred.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        mean_loss = float(np.mean(losses))
-        row: dict[str, float] = {"epoch": float(epoch), "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
-        if epoch % cfg.val_every == 0:
-            before = optimizer.param_groups[0]["lr"]
-            scheduler.step(mean_loss)
-            if optimizer.param_groups[0]["lr"] < before:
-                result.lr_drops += 1
-                logger.info("epoch %d: learning rate %.1e → %.1e", epoch, before, optimizer.param_groups[0]["lr"])
-            if mean_loss < cfg.val_below_loss:
-                val_psnr = validate(model, val_data, cfg.val_crop, device)
-                row["val_psnr"] = val_psnr
-                if val_psnr > result.best_val_psnr:
-                    result.best_val_psnr, result.best_epoch = val_psnr, epoch
-                    metadata = {"training_data": data_description or "unspecified", "epochs": epoch + 1,
-                                "val_psnr_db": val_psnr, "train_config": asdict(cfg),
-                                "train_cases": len(train_data), "val_cases": len(val_data)}
-                    write_checkpoint(model, spec, metadata, out_dir / BEST_FILE)
-        result.history.append(row)
-        result.epochs_run = epoch + 1
+
+class _Run:
+    """One training run's state: model, optimizer, scheduler, RNGs, the result so far."""
+
+    def __init__(self, spec: CTHNetSpec, train_cases: Sequence[PairedCase], val_cases: Sequence[PairedCase],
+                 out_dir: Path, cfg: TrainConfig, data_description: str, write_checkpoint: CheckpointWriter) -> None:
+        self.spec, self.cfg, self.out_dir = spec, cfg, out_dir
+        self.data_description, self.write_checkpoint = data_description, write_checkpoint
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(self.device, "auto")      # bf16 (or fp16) on CUDA, fp32 on CPU
+        self.train_data = _prepare(train_cases, spec, spec.tile_size, "training")
+        self.val_data = _prepare(val_cases, spec, 1, "validation")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = CTHNet(spec).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.1, patience=cfg.patience, threshold=cfg.plateau_threshold)
+        self.result = TrainResult(0, -math.inf, -1, 0, "epochs")
+        self.start_epoch = 0
+        self.state_path = out_dir / STATE_FILE
+
+    def resume(self) -> None:
+        if not self.state_path.exists():
+            logger.info("no %s to resume from; starting afresh", self.state_path)
+            return
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        if state["spec"] != self.spec.to_dict():
+            raise ValueError(f"{self.state_path}: saved spec differs from the requested one; cannot resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.start_epoch = int(state["epoch"]) + 1
+        self.result = TrainResult(self.start_epoch, float(state["best_val_psnr"]), int(state["best_epoch"]),
+                                  int(state["lr_drops"]), "epochs", list(state["history"]))
+        logger.info("resumed from %s at epoch %d", self.state_path, self.start_epoch)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loop(self) -> TrainResult:
+        cfg, result = self.cfg, self.result
+        started = time.monotonic()
+        epochs = range(self.start_epoch, cfg.epochs)
+        bar: Any = epochs
         if cfg.progress:
-            bar.set_postfix(loss=f"{mean_loss:.4f}", val_psnr=f"{result.best_val_psnr:.2f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.0e}")
-        out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > 60.0 * cfg.max_minutes
-        if epoch % cfg.val_every == 0 or out_of_time or epoch + 1 == cfg.epochs:
-            _save_state(state_path, model, optimizer, scheduler, rng, epoch, spec, result)
-        if result.lr_drops >= cfg.max_lr_drops:
-            result.stopped_because = f"{result.lr_drops} learning-rate drops"
-            break
-        if out_of_time:
-            result.stopped_because = f"time limit of {cfg.max_minutes:g} min"
-            break
-    if result.best_epoch < 0:
-        logger.warning("validation never ran (training loss stayed ≥ %g); no best checkpoint", cfg.val_below_loss)
-    return result
+            from tqdm import tqdm
+
+            bar = tqdm(epochs, initial=self.start_epoch, total=cfg.epochs, desc="train", unit="epoch",
+                       dynamic_ncols=True)
+        self.model.train()
+        for epoch in bar:
+            mean_loss = self.epoch()
+            row: dict[str, float] = {"epoch": float(epoch), "loss": mean_loss, "lr": self.lr}
+            if epoch % cfg.val_every == 0:
+                self.schedule_and_validate(epoch, mean_loss, row)
+            result.history.append(row)
+            result.epochs_run = epoch + 1
+            if cfg.progress:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", val_psnr=f"{result.best_val_psnr:.2f}", lr=f"{self.lr:.0e}")
+            out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > 60.0 * cfg.max_minutes
+            if epoch % cfg.val_every == 0 or out_of_time or epoch + 1 == cfg.epochs:
+                _save_state(self.state_path, self.model, self.optimizer, self.scheduler, self.rng, epoch, self.spec,
+                            result)
+            if result.lr_drops >= cfg.max_lr_drops:
+                result.stopped_because = f"{result.lr_drops} learning-rate drops"
+                break
+            if out_of_time:
+                result.stopped_because = f"time limit of {cfg.max_minutes:g} min"
+                break
+        if result.best_epoch < 0:
+            logger.warning("validation never ran (training loss stayed ≥ %g); no best checkpoint",
+                           cfg.val_below_loss)
+        return result
+
+    def epoch(self) -> float:
+        """One pass over the training crops; returns the mean L1 loss."""
+        losses = []
+        order = self.rng.permutation(len(self.train_data) * self.cfg.crops_per_case) % len(self.train_data)
+        for index in order:
+            thick, thin = sample_crop(self.train_data[int(index)], self.spec, self.rng, self.cfg.flip_p)
+            x = torch.from_numpy(thick)[None, None].to(self.device)
+            target = torch.from_numpy(thin)[None, None].to(self.device)
+            with autocast(self.device, self.precision):
+                pred = self.model(x)
+            loss = nn.functional.l1_loss(pred.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses))
+
+    def schedule_and_validate(self, epoch: int, mean_loss: float, row: dict[str, float]) -> None:
+        before = self.lr
+        self.scheduler.step(mean_loss)
+        if self.lr < before:
+            self.result.lr_drops += 1
+            logger.info("epoch %d: learning rate %.1e → %.1e", epoch, before, self.lr)
+        if mean_loss >= self.cfg.val_below_loss:
+            return
+        val_psnr = validate(self.model, self.val_data, self.cfg.val_crop, self.device, self.precision)
+        row["val_psnr"] = val_psnr
+        if val_psnr > self.result.best_val_psnr:
+            self.result.best_val_psnr, self.result.best_epoch = val_psnr, epoch
+            metadata = {"training_data": self.data_description or "unspecified", "epochs": epoch + 1,
+                        "val_psnr_db": val_psnr, "train_config": asdict(self.cfg),
+                        "train_cases": len(self.train_data), "val_cases": len(self.val_data)}
+            self.write_checkpoint(self.model, self.spec, metadata, self.out_dir / BEST_FILE)
 
 
 def _save_state(

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synth.datasets import DatasetError
+    from synth.research.datasets import DatasetError
 
     try:
         return _run(args)
@@ -54,12 +54,12 @@ def _dls(args: argparse.Namespace) -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synth.datasets import iter_cases, read_volume, simulated_pair
-    from synth.evaluate import EvalCase, evaluate
     from synth.interpolate import InterpolationSynthesizer
-    from synth.phantom import PhantomSpec, make_phantom
-    from synth.report import write_report
-    from synth.synthesizer import Synthesizer
+    from synth.research.datasets import iter_cases, read_volume, simulated_pair
+    from synth.research.evaluate import EvalCase, evaluate
+    from synth.research.phantom import PhantomSpec, make_phantom
+    from synth.research.report import write_report
+    from synth.seam import Synthesizer
 
     cases: list[EvalCase] = []
     notes: list[str] = []

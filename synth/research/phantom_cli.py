@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synth.datasets import DEFAULT_GEOMETRY, simulated_pair, write_volume
-    from synth.phantom import PhantomSpec, make_phantom
+    from synth.research.datasets import DEFAULT_GEOMETRY, simulated_pair, write_volume
+    from synth.research.phantom import PhantomSpec, make_phantom
 
     if args.count < 1:
         print(f"phantom: --count must be at least 1, got {args.count}", file=sys.stderr)

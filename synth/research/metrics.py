@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from synth.normalize import HU_MAX, HU_MIN, HU_RANGE
 from synth.simulate import simulate_thick
 from synth.volume import CTVolume
 
-HU_MIN, HU_MAX = -1024.0, 2048.0
 EDGE_SLICES = 5
 SSIM_SIGMA_PX = 1.5
 SSIM_TRUNCATE = 3.5          # radius int(3.5·1.5 + 0.5) = 5 px → an 11 x 11 window
@@ -29,7 +29,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 def to_unit(hu: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """Clip to [-1024, 2048] HU and scale to [0, 1]."""
-    return (np.clip(hu.astype(np.float64), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+    return (np.clip(hu.astype(np.float64), HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE
 
 
 def _check_pair(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> None:

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synth.datasets import DatasetError
+    from synth.research.datasets import DatasetError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_spec(value: str) -> object:
     from synth.nets import CTHNetSpec
-    from synth.train import SPEC_PRESETS, spec_preset
+    from synth.research.train import SPEC_PRESETS, spec_preset
 
     if value in SPEC_PRESETS:
         return spec_preset(value)
@@ -90,10 +90,10 @@ def split_names(names: list[str], split: Path | None, val_fraction: float) -> tu
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synth.datasets import PairedCase, iter_cases, simulated_pair
     from synth.nets import CTHNetSpec
-    from synth.phantom import PhantomSpec, make_phantom
-    from synth.train import TrainConfig, train
+    from synth.research.datasets import PairedCase, iter_cases, simulated_pair
+    from synth.research.phantom import PhantomSpec, make_phantom
+    from synth.research.train import TrainConfig, train
 
     spec = _load_spec(args.spec)
     assert isinstance(spec, CTHNetSpec)
