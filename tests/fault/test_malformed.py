@@ -8,6 +8,7 @@ with pynetdicom's chunked-file mode, which puts the file's bytes on the wire wit
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from pydicom.uid import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node import assemble, policy
 from tests.fault.conftest import (
     NODE_AE,
     NodeProcess,
@@ -385,8 +387,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         node.cleanup()
 
 
-def test_at_least_25_kinds() -> None:
-    assert len({c.name for c in CASES}) == len(CASES) >= 25
+# Reasons no malformed *network* input can produce, and where they are tested instead.
+NOT_FROM_THE_NETWORK = {
+    assemble.MIXED_SERIES: "the spool groups instances by their own SeriesInstanceUID (tests/unit/test_assemble.py)",
+    policy.OWN_OUTPUT: "our own output sent back (tests/fault/test_dedup.py)",
+}
+
+
+def test_every_reason_the_node_names_has_a_malformed_case() -> None:
+    reasons = {value for module in (assemble, policy) for name, value in vars(module).items()
+               if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z]+(_[a-z]+)+", value)}
+    assert len(reasons) >= 20                      # the constants were found (the check below is not vacuous)
+    covered = {r for c in CASES for r in (c.reason, *c.also) if r}
+    assert reasons - set(NOT_FROM_THE_NETWORK) <= covered, sorted(reasons - set(NOT_FROM_THE_NETWORK) - covered)
+    assert len({c.name for c in CASES}) == len(CASES), "two cases share a name"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
+from sqlalchemy import text
 
 from dicom_node.disk import DiskGuard
 from dicom_node.ledger import SeriesState
@@ -176,14 +178,26 @@ def test_destination_down_then_back_is_delivered(node_factory: NodeFactory) -> N
         back.stop()
 
 
+def _deadline(node, series_uid: str) -> float | None:  # type: ignore[no-untyped-def]
+    with node.ledger.engine.connect() as conn:
+        return conn.execute(text("SELECT deadline_at FROM series WHERE series_uid = :u"), {"u": series_uid}).scalar()
+
+
 def test_restart_keeps_the_completion_deadline(node_factory: NodeFactory, pacs: CollectingSCP) -> None:
-    first = node_factory(pacs=pacs, quiet_period_s=1.5)
+    quiet_s = 6.0
+    first = node_factory(pacs=pacs, quiet_period_s=quiet_s)
     source = make_ct_series(slices=3)
+    uid = str(source[0].SeriesInstanceUID)
     send_series(source, first.scp.port)
+    first.recorder.flush()
+    persisted = _deadline(first, uid)
     first.stop(drain_s=1.0)                               # stopped before the quiet period ends
-    assert node_state(first, str(source[0].SeriesInstanceUID)) == SeriesState.RECEIVING
-    node_factory(pacs=pacs, quiet_period_s=1.5)          # a new process on the same storage
-    wait_until(lambda: len(pacs.received) == 11, what="delivered after restart")
+    assert node_state(first, uid) == SeriesState.RECEIVING and persisted is not None
+    second = node_factory(pacs=pacs, quiet_period_s=quiet_s)  # a new process on the same storage
+    assert _deadline(second, uid) == persisted            # the restart kept it: not reset to now + quiet
+    assert time.time() < persisted                         # (so the check above was made in time)
+    wait_until(lambda: len(pacs.received) == 11, timeout_s=30, what="delivered after restart")
+    assert time.time() >= persisted                        # and it was not completed before it
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpegls", "j2k"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
-import tomllib
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,37 @@ def test_model_card_names_the_shipped_file_and_its_checksum() -> None:
     assert SHIPPED_WEIGHTS.name in card and "not for clinical use" in card.lower()
 
 
-def test_installed_packages_carry_the_weights() -> None:
-    """Docker and wheels install synth/ without the source tree: the weights must be package data."""
-    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
-    assert "weights/*.pt" in pyproject["tool"]["setuptools"]["package-data"]["synth"]
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_weights_and_they_load_from_it(tmp_path: Path) -> None:
+    """Docker and wheels install synth/ without the source tree: build the wheel, unpack it, and load
+    the weights through importlib.resources from the unpacked package alone."""
+    repo = Path(__file__).parents[2]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                            str(repo)], capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("dicom_synth_node-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    probe = (
+        "import hashlib, importlib.resources, pathlib, sys\n"
+        "import synth\n"
+        f"assert pathlib.Path(synth.__file__).is_relative_to({str(site)!r}), synth.__file__\n"
+        "from synth.checkpoint import load_weights\n"
+        "resource = importlib.resources.files('synth') / 'weights' / 'cthnet-phantom-v1.pt'\n"
+        "with importlib.resources.as_file(resource) as path:\n"
+        "    weights = load_weights(path)\n"
+        "digest = hashlib.sha256(resource.read_bytes()).hexdigest()\n"
+        "print(digest, weights.sha256, weights.metadata.not_for_clinical_use)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env=env, check=False)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    resource_sha, weights_sha, not_clinical = loaded.stdout.split()
+    assert resource_sha == weights_sha == file_sha256(SHIPPED_WEIGHTS)
+    assert not_clinical == "True"
+    assert (site / "synth" / "weights" / "MODEL_CARD.md").is_file()
 
 
 def test_shipped_weights_are_marked_phantom_trained_and_not_for_clinical_use() -> None:
