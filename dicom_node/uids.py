@@ -8,7 +8,6 @@ import uuid
 
 from pydicom.uid import generate_uid
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _LENIENT_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")   # leading zeros occur in real data; still path-safe
 
 
@@ -27,10 +26,6 @@ def checked_uid(value: object, name: str) -> str:
     if not _LENIENT_UID_RE.match(text):
         raise ValueError(f"{name} {text[:70]!r} is not a dotted numeric UID")
     return text
-
-
-def is_strict_uid(value: str) -> bool:
-    return bool(_UID_RE.match(value)) and len(value) <= 64
 
 
 def derived_uid(root: str, *parts: str) -> str:

@@ -48,7 +48,7 @@ TYPE2_DEFAULTS = (
     "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator",
     "AcquisitionNumber", "KVP",
 )
-HU_MIN, HU_MAX = -32768, 32767
+INT16_MIN, INT16_MAX = -32768, 32767     # what 16-bit signed pixels can hold (not a HU window)
 MANIFEST = "manifest.txt"     # SOP Instance UIDs in slice order, so a sender needs no sorting
 
 
@@ -69,9 +69,6 @@ class DerivedSeries:
     @property
     def count(self) -> int:
         return len(self.sop_uids)
-
-    def files(self) -> list[Path]:
-        return [self.directory / f"{uid}.dcm" for uid in self.sop_uids]
 
 
 def derived_series_uid(source_series_uid: str, identity: SynthIdentity, uid_root: str) -> str:
@@ -200,7 +197,7 @@ def write_derived_series(volume: CTVolume, source: SourceSeries, identity: Synth
     when = now or datetime.datetime.now()
     series_uid = derived_series_uid(source.series_uid, identity, uid_root)
     base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset)
-    pixels = np.clip(np.rint(volume.hu), HU_MIN, HU_MAX).astype("<i2")
+    pixels = np.clip(np.rint(volume.hu), INT16_MIN, INT16_MAX).astype("<i2")
 
     tmp = out_root / f".tmp-{series_uid}"
     shutil.rmtree(tmp, ignore_errors=True)

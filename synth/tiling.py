@@ -73,10 +73,6 @@ class VolumePlan:
                 out = np.pad(out, widths, mode="reflect" if out.shape[axis] > 1 else "edge")
         return out
 
-    def min_weight(self) -> float:
-        """Smallest total blend weight over the output: > 0 means every voxel is predicted."""
-        return float(self.z.weight_sum().min() * self.y.weight_sum().min() * self.x.weight_sum().min())
-
 
 def feather(size: int, margin: int, ramp_low: int | None, ramp_high: int | None) -> Profile:
     """1 in the middle; at a closed side, `margin` zero samples then a linear ramp of `ramp` samples.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -49,8 +50,13 @@ def test_a_built_wheel_carries_the_weights_and_they_load_from_it(tmp_path: Path)
     """Docker and wheels install synth/ without the source tree: build the wheel, unpack it, and load
     the weights through importlib.resources from the unpacked package alone."""
     repo = Path(__file__).parents[2]
+    source = tmp_path / "src"                              # setuptools builds in the source tree: a copy
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("dicom_node", "synth"):
+        shutil.copytree(repo / name, source / name, ignore=skip)
+    shutil.copy(repo / "pyproject.toml", source / "pyproject.toml")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                            str(repo)], capture_output=True, text=True, timeout=600, check=False)
+                            str(source)], capture_output=True, text=True, timeout=600, check=False)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("dicom_synth_node-*.whl")
     site = tmp_path / "site"

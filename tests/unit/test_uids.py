@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from dicom_node.uids import checked_uid, derived_uid, is_strict_uid
+from dicom_node.uids import checked_uid, derived_uid
+
+STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def is_strict_uid(value: str) -> bool:
+    """PS3.5 9.1: dotted components without leading zeros, at most 64 characters."""
+    return bool(STRICT_UID.match(value)) and len(value) <= 64
 
 
 @pytest.mark.parametrize(

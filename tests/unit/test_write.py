@@ -146,7 +146,7 @@ def test_wrong_slice_count_is_refused(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
 def test_output_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
     derived, _, _ = derive(tmp_path, identity=MODEL)
-    files = [str(p) for p in derived.files()]
+    files = [str(p) for p in derived_files(derived.directory)]
     for path in files[:3] + files[-1:]:
         result = subprocess.run(["dciodvfy", path], capture_output=True, text=True, timeout=60)
         assert "Error" not in result.stderr + result.stdout, result.stderr
