@@ -23,6 +23,7 @@ from pynetdicom import _config as pynetdicom_config
 
 from dicom_node.assemble import assemble, read_headers
 from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
+from dicom_node.delivery import record_delivery
 from dicom_node.errors import InvalidSeriesError
 from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SendClaim, SeriesClaim, open_engine
 from dicom_node.logcontext import current_series
@@ -301,6 +302,9 @@ class Node:
             report = send_folder(files, dest, claim.derived_series_uid)
         state = self.ledger.send_finished(claim, self.owner, report.sent, report.status, report.error,
                                           report.ok, self.backoff, self.clock())
+        if state is JobState.DONE:           # on disk too, for a ledger rebuilt from the spool
+            record_delivery(self.spool.derived_dir(claim.derived_series_uid), destination=dest.name,
+                            sent=report.sent, now=self.clock())
         self.metrics.send_attempts.labels(dest.name).inc()
         if not report.ok:
             self.metrics.send_failures.labels(dest.name).inc()
