@@ -24,11 +24,12 @@ from pynetdicom import _config as pynetdicom_config
 from dicom_node.assemble import assemble, read_headers
 from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
 from dicom_node.delivery import record_delivery
-from dicom_node.errors import InvalidSeriesError
+from dicom_node.errors import InvalidSeriesError, StartupError
 from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SendClaim, SeriesClaim, open_engine
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
+from dicom_node.preflight import listen_error
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
 from dicom_node.send import SendReport, remove_derived, send_dicom, send_folder
@@ -110,7 +111,10 @@ class Node:
             from dicom_node.web.server import WebServer  # the dashboard is optional at import time
 
             self.web = WebServer(self)
-            self.web.start()
+            try:
+                self.web.start()
+            except OSError as exc:
+                raise StartupError(listen_error("web.port", self.cfg.web.host, self.cfg.web.port, exc)) from exc
         self._recover()
         self.recorder.start()
         self._scheduler.add_job(self._complete_due, "interval", seconds=0.25, max_instances=1, coalesce=True,
@@ -131,9 +135,9 @@ class Node:
         if self.scp is not None:
             try:
                 self.scp.start()
-            except OSError:                  # the port is taken: stop what already runs, then fail loudly
+            except OSError as exc:           # the port is taken: stop what already runs, then fail loudly
                 self.stop(drain_s=1.0)
-                raise
+                raise StartupError(listen_error("node.port", self.cfg.node.host, self.cfg.node.port, exc)) from exc
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self._wake_send),
                     "" if self.scp is not None else ", worker only (not receiving)")
