@@ -21,8 +21,10 @@ from pynetdicom import _config as pynetdicom_config
 
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard
+from dicom_node.errors import StartupError
 from dicom_node.ledger import Ledger, RecordOutcome, open_engine
 from dicom_node.metrics import NodeMetrics
+from dicom_node.preflight import listen_error
 from dicom_node.ratelog import RateLimitedLog
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
@@ -100,7 +102,10 @@ class Node:
             from dicom_node.web.server import WebServer  # the dashboard is optional at import time
 
             self.web = WebServer(self)
-            self.web.start()
+            try:
+                self.web.start()
+            except OSError as exc:
+                raise StartupError(listen_error("web.port", self.cfg.web.host, self.cfg.web.port, exc)) from exc
         self._recover()
         self.recorder.start()
         jobs: list[tuple[str, Callable[[], None], float]] = [
@@ -118,9 +123,9 @@ class Node:
         if self.scp is not None:
             try:
                 self.scp.start()
-            except OSError:                  # the port is taken: stop what already runs, then fail loudly
+            except OSError as exc:           # the port is taken: stop what already runs, then fail loudly
                 self.stop(drain_s=1.0)
-                raise
+                raise StartupError(listen_error("node.port", self.cfg.node.host, self.cfg.node.port, exc)) from exc
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self.cfg.destination_names()),
                     "" if self.scp is not None else ", worker only (not receiving)")

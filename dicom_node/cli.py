@@ -1,4 +1,9 @@
-"""dicom-node: run | check-config | echo | list | retry. The only place that reads the environment."""
+"""dicom-node: run | worker | check-config | echo | list | retry | discard | rebuild-ledger.
+
+The only place that reads the environment. Start-up failures someone can act on (a bad config, a busy
+port, unreadable TLS files, an unwritable folder, a damaged ledger, an unreachable database) end in
+one line naming the file, key or port, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from dicom_node.config import DEFAULT_CONFIG, NodeConfig, load_config, to_dict
-from dicom_node.errors import ConfigError
+from dicom_node.config import DEFAULT_CONFIG, NodeConfig, load_config, redact_url, to_dict
+from dicom_node.errors import ConfigError, StartupError
+from dicom_node.ledger_check import check_ledger
 from dicom_node.logcontext import SeriesFilter
+from dicom_node.nodelock import LockBusyError, NodeLock, node_running
+from synth.seam import BackendLoadError
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 EXIT_CONFIG = 2
@@ -59,8 +67,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_node(cfg: NodeConfig) -> int:
+    from dicom_node.preflight import runtime_problems
+
+    problems = runtime_problems(cfg, receive=cfg.node.receive, process=cfg.node.process, check_ports_free=True,
+                                keep_created=True)
+    for problem in problems:
+        print(f"cannot start: {cfg.source}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    lock = NodeLock(cfg.storage_dir, exclusive=False)   # held while we live: no ledger rebuild under us
+    try:
+        lock.acquire()
+    except LockBusyError:
+        raise StartupError(f"{lock.path} is held: a ledger rebuild is running on node.storage_dir {cfg.storage_dir}; "
+                           "start the node when it has finished") from None
+    except OSError as exc:
+        raise StartupError(f"{lock.path}: cannot open it: {exc.strerror}") from exc
+    try:
+        _check_ledger(cfg)
+        return _run_locked(cfg)
+    finally:
+        lock.release()
+
+
+def _check_ledger(cfg: NodeConfig) -> None:
+    check_ledger(database_url=cfg.database_url, storage_dir=cfg.storage_dir, config_source=cfg.source)
+
+
+def _startup_failure(cfg: NodeConfig, exc: Exception) -> StartupError | None:
+    """The one line for a start-up failure someone can act on; None for anything else (a bug: traceback)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        text = str(exc.orig or exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return StartupError(f"database.url {redact_url(cfg.database_url)}: cannot open the ledger ({first})")
+    if isinstance(exc, BackendLoadError):
+        return StartupError(f"{exc.config_key}: {exc}")
+    if isinstance(exc, OSError) and exc.filename:
+        return StartupError(f"{exc.filename}: {exc.strerror}")
+    return None
+
+
+def _run_locked(cfg: NodeConfig) -> int:
     from dicom_node.app import Node, run_until_signalled
 
+    try:
+        node = Node(cfg)
+    except Exception as exc:  # the start-up boundary: one line for what an administrator can fix
+        failure = _startup_failure(cfg, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -69,7 +127,7 @@ def _run_node(cfg: NodeConfig) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    run_until_signalled(Node(cfg), stop)
+    run_until_signalled(node, stop)
     return 0
 
 
@@ -80,8 +138,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from dicom_node.preflight import database_problem, runtime_problems
+
     cfg = _load(args)
-    print(f"# {cfg.source}: valid")
+    running = cfg.storage_dir.is_dir() and node_running(cfg.storage_dir)
+    problems = runtime_problems(cfg, receive=cfg.node.receive, process=cfg.node.process,
+                                check_ports_free=not running, keep_created=False)
+    if (db := database_problem(cfg)) is not None:
+        problems.append(db)
+    for problem in problems:
+        print(f"config error: {cfg.source}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    note = " (a node is running on this storage_dir: its ports were not probed)" if running else ""
+    print(f"# {cfg.source}: valid{note}")
     print(json.dumps(to_dict(cfg), indent=2))
     return 0
 
@@ -116,7 +186,30 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 def _open_ledger(cfg: NodeConfig):  # type: ignore[no-untyped-def]
     from dicom_node.ledger import Ledger, open_engine
 
+    _check_ledger(cfg)           # never make a fresh ledger over a damaged one
     return Ledger(open_engine(cfg.database_url))
+
+
+def _cmd_rebuild_ledger(args: argparse.Namespace) -> int:
+    from dicom_node.rebuild import RebuildError, rebuild_ledger
+
+    cfg = _load(args)
+    try:
+        report = rebuild_ledger(cfg, now=time.time(), force=args.force)
+    except RebuildError as exc:
+        print(f"rebuild-ledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    total = sum(n for _, n in report.states)
+    states = ", ".join(f"{n} {state}" for state, n in report.states) or "none"
+    print(f"rebuilt ledger {report.database} from the spool: {total} series ({states}), "
+          f"{report.instances} instances")
+    if report.sends:
+        print("sends: " + ", ".join(f"{dest} {state} {n}" for dest, state, n in report.sends))
+    for path in report.moved_aside:
+        print(f"old file kept as {path}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -202,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     discard = with_config(sub.add_parser("discard", help="remove a done, failed or rejected series and its files"))
     discard.add_argument("series_uid")
     discard.set_defaults(func=_cmd_discard)
+    rebuild = with_config(sub.add_parser(
+        "rebuild-ledger", help="make a new ledger from the spool when state.db is lost or damaged (nodes stopped)"))
+    rebuild.add_argument("--force", action="store_true", help="rebuild even a ledger that passes its checks")
+    rebuild.set_defaults(func=_cmd_rebuild_ledger)
     return parser
 
 
@@ -213,4 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"cannot start: {exc}" if args.command in ("run", "worker") else f"{args.command}: {exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 import typing
@@ -18,6 +19,14 @@ _AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
 
+# Upper bounds: beyond these a value is a typo, and an unbounded wait or retry loop is a hang.
+MAX_TIMEOUT_S = 3600.0            # network, DIMSE and send timeouts, lease: one hour
+MAX_PERIOD_S = 86400.0            # quiet period, retry delays, sweep interval: one day
+MAX_ATTEMPTS = 1000               # send attempts before a send is kept as failed
+MAX_DONE_DAYS = 3650.0            # retention of finished work: ten years
+MAX_PDU_BYTES = 2**32 - 1         # the PDU length field is 32 bits
+SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
+
 
 def _check_ae(where: str, value: str) -> None:
     if not _AE_RE.match(value):
@@ -27,6 +36,12 @@ def _check_ae(where: str, value: str) -> None:
 def _check_port(where: str, value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{where} must be a TCP port 0-65535, got {value}")
+
+
+def _check_range(where: str, value: float, upper: float, what: str) -> None:
+    """`value` in (0, upper]; written so that NaN fails too."""
+    if not 0 < value <= upper:
+        raise ValueError(f"{where} must be positive and at most {upper:g} ({what}), got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +73,10 @@ class NodeSection:
         if self.uid_root and (not _UID_ROOT_RE.match(self.uid_root) or len(self.uid_root) > 24):
             raise ValueError(f"node.uid_root must be a dotted numeric UID root of at most 24 characters, "
                              f"got {self.uid_root!r}")
-        if self.dimse_timeout_s <= 0 or self.network_timeout_s <= 0:
-            raise ValueError("node.dimse_timeout_s and node.network_timeout_s must be positive")
+        _check_range("node.dimse_timeout_s", self.dimse_timeout_s, MAX_TIMEOUT_S, "one hour")
+        _check_range("node.network_timeout_s", self.network_timeout_s, MAX_TIMEOUT_S, "one hour")
+        if not 0 <= self.max_pdu <= MAX_PDU_BYTES:
+            raise ValueError(f"node.max_pdu must be 0 (unlimited) or a size up to {MAX_PDU_BYTES}, got {self.max_pdu}")
         if not 1 <= self.receive_poll_us <= 1000:
             raise ValueError(f"node.receive_poll_us must be in 1-1000, got {self.receive_poll_us}")
         if not 0 < self.disk_watermark <= 1:
@@ -108,8 +125,7 @@ class SeriesSection:
     refused_wait_s: float = 3600.0    # how long a series waits for instances refused with 0xA700 to come again
 
     def __post_init__(self) -> None:
-        if self.quiet_period_s <= 0:
-            raise ValueError(f"series.quiet_period_s must be positive, got {self.quiet_period_s}")
+        _check_range("series.quiet_period_s", self.quiet_period_s, MAX_PERIOD_S, "one day")
         if not 0 <= self.refused_wait_s <= 7 * 86400:
             raise ValueError(f"series.refused_wait_s must be in [0, 604800] s, got {self.refused_wait_s}")
         if not 0 < self.min_spacing_mm <= self.max_spacing_mm:
@@ -138,10 +154,10 @@ class SendSection:
         if not 0 < self.retry_initial_s <= self.retry_max_s:
             raise ValueError("send.retry_initial_s must be positive and not above send.retry_max_s, "
                              f"got {self.retry_initial_s} and {self.retry_max_s}")
-        if self.max_attempts < 1:
-            raise ValueError(f"send.max_attempts must be at least 1, got {self.max_attempts}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"send.timeout_s must be positive, got {self.timeout_s}")
+        _check_range("send.retry_max_s", self.retry_max_s, MAX_PERIOD_S, "one day")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"send.max_attempts must be in 1-{MAX_ATTEMPTS}, got {self.max_attempts}")
+        _check_range("send.timeout_s", self.timeout_s, MAX_TIMEOUT_S, "one hour")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +202,9 @@ class RetentionSection:
     sweep_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        if self.done_days < 0:
-            raise ValueError(f"retention.done_days must not be negative, got {self.done_days}")
-        if self.sweep_interval_s <= 0:
-            raise ValueError(f"retention.sweep_interval_s must be positive, got {self.sweep_interval_s}")
+        if not 0 <= self.done_days <= MAX_DONE_DAYS:
+            raise ValueError(f"retention.done_days must be in 0-{MAX_DONE_DAYS:g} (ten years), got {self.done_days}")
+        _check_range("retention.sweep_interval_s", self.sweep_interval_s, MAX_PERIOD_S, "one day")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +215,8 @@ class DatabaseSection:
     def __post_init__(self) -> None:
         if self.url and not self.url.startswith(("sqlite", "postgresql")):
             raise ValueError(f"database.url must be a sqlite:// or postgresql:// URL, got {self.url.split(':')[0]!r}")
-        if self.lease_s < 5:
-            raise ValueError(f"database.lease_s must be at least 5, got {self.lease_s}")
+        if not 5 <= self.lease_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"database.lease_s must be in 5-{MAX_TIMEOUT_S:g} (one hour), got {self.lease_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +273,8 @@ def _section(cls: type[T], raw: Any, where: str) -> T:
     for key, value in raw.items():
         expected = hints[key]
         origin = typing.get_origin(expected)
-        if expected is float and type(value) is int:
-            value = float(value)
+        if expected is float and type(value) in (int, float):
+            value = _finite(value, f"{where}.{key}")
         elif origin is list:
             (item_type,) = typing.get_args(expected)
             if not isinstance(value, list) or not all(type(v) is item_type for v in value):
@@ -273,6 +288,17 @@ def _section(cls: type[T], raw: Any, where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from exc
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _finite(value: float, where: str) -> float:
+    """TOML allows nan, inf and integers beyond a float: none of them is a duration or a size."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"{where}: must be a finite number, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    return number
 
 
 def _resolve(base: Path, path: str) -> str:
@@ -352,7 +378,25 @@ def load_config(path: Path) -> NodeConfig:
 
 
 def to_dict(cfg: NodeConfig) -> dict[str, Any]:
-    """The resolved config as plain data, for `check-config`."""
+    """The resolved config as plain data, for `check-config`: secrets show as "(set)", never in clear."""
     out = dataclasses.asdict(cfg)
     out.pop("source")
-    return out
+    redacted: dict[str, Any] = _redact(out)
+    return redacted
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str) and value and any(word in key.lower() for word in SECRET_WORDS):
+        return "(set)"
+    if isinstance(value, str) and key == "url":
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ***, for messages and check-config."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@]*@", r"\1:***@", url)

@@ -20,3 +20,7 @@ class InvalidSeriesError(NodeError):
         self.reason = reason
         self.detail = detail
 
+
+
+class StartupError(NodeError):
+    """The node cannot start as configured; the one-line message names the file, key or port."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
+from dicom_node.delivery import record_delivery
 from dicom_node.ledger import BackoffPolicy, JobState, Ledger, SendClaim
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
@@ -60,6 +61,9 @@ class SendStage:
                 raise
             elapsed_s = time.monotonic() - started
             self._pending.run(lambda: self._record(claim, report, elapsed_s))
+            if report.ok:                    # on disk too, for a ledger rebuilt from the spool (never raises)
+                record_delivery(self._spool.derived_dir(claim.derived_series_uid), destination=self.dest.name,
+                                sent=report.sent, now=self._clock())
         finally:
             current_series.reset(token)
         return None

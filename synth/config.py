@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class SynthConfig:
             raise ValueError(f"synth.factor must be at least 2, got {self.factor}")
         if self.batch_size < 1:
             raise ValueError(f"synth.batch_size must be at least 1, got {self.batch_size}")
+        for name in ("min_input_spacing_mm", "max_input_spacing_mm"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"synth.{name} must be a finite number, got {getattr(self, name)!r}")
         if not 0 < self.min_input_spacing_mm <= self.max_input_spacing_mm:
             raise ValueError(
                 "synth.min_input_spacing_mm must be positive and not above max_input_spacing_mm, got "

@@ -7,11 +7,15 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from synth.seam import BackendLoadError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class DeviceUnavailableError(ValueError):
+class DeviceUnavailableError(BackendLoadError):
     """The configured device does not exist on this machine."""
+
+    config_key = "synth.device"
 
 
 def resolve_device(name: str) -> torch.device:

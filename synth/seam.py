@@ -23,6 +23,15 @@ class SynthesisRefusedError(ValueError):
     reason = "synthesis_refused"
 
 
+class BackendLoadError(ValueError):
+    """A backend cannot be built from the config (weights unusable, device missing, ...).
+
+    `config_key` names the setting to fix (e.g. "synth.weights"), for a one-line start-up error.
+    """
+
+    config_key = "synth.backend"
+
+
 ProgressCallback = Callable[[int, int], None]
 """Called as progress(done, total) while a volume is synthesized."""
 

@@ -16,12 +16,15 @@ import torch
 
 import synth
 from synth.nets import CTHNet, CTHNetSpec
+from synth.seam import BackendLoadError
 
 _CHUNK = 1 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BackendLoadError):
     """A weights file cannot be used: unreadable, wrong format, corrupted, or not matching the model."""
+
+    config_key = "synth.weights"
 
     def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
         super().__init__(f"weights {os.fspath(path)}: {detail}")

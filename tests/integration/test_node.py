@@ -19,6 +19,7 @@ from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import text
 
 from dicom_node.disk import DiskGuard
+from dicom_node.errors import StartupError
 from dicom_node.ledger import SeriesState
 from dicom_node.polling import PYNETDICOM_DELAY_S
 from dicom_node.receive import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
@@ -268,7 +269,7 @@ def test_echo_command_reports_success_and_failure(pacs: CollectingSCP, tmp_path:
 def test_a_busy_port_fails_start_up_and_stops_what_ran(node_factory: NodeFactory) -> None:
     first = node_factory()
     second = node_factory(start=False, port=first.scp.port)
-    with pytest.raises(OSError):
+    with pytest.raises(StartupError, match=rf"node.port {first.scp.port} on 127.0.0.1: in use \(is the node already"):
         second.start()
     assert second._scheduler.running is False
 

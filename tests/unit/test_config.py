@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from dicom_node.cli import main
-from dicom_node.config import DEFAULT_CONFIG, load_config, parse_config
+from dicom_node.config import DEFAULT_CONFIG, load_config, parse_config, to_dict
 from dicom_node.errors import ConfigError
 
 
@@ -89,3 +91,81 @@ def test_check_config_reports_invalid_toml_and_missing_file(tmp_path: Path,
     assert "invalid TOML" in capsys.readouterr().err
     assert main(["check-config", "--config", str(tmp_path / "none.toml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"series": {"quiet_period_s": float("nan")}},
+         r"cfg.toml: series.quiet_period_s: must be a finite number, got nan"),
+        ({"send": {"retry_max_s": float("inf")}}, r"cfg.toml: send.retry_max_s: must be a finite number, got inf"),
+        ({"node": {"dimse_timeout_s": float("-inf")}}, r"node.dimse_timeout_s: must be a finite number, got -inf"),
+        ({"retention": {"done_days": float("nan")}}, r"retention.done_days: must be a finite number"),
+        ({"database": {"lease_s": float("inf")}}, r"database.lease_s: must be a finite number"),
+        ({"synth": {"max_input_spacing_mm": float("inf")}}, r"synth.max_input_spacing_mm: must be a finite number"),
+        ({"series": {"quiet_period_s": 10**400}}, r"series.quiet_period_s: must be a finite number, got an integer "
+                                                  r"of 401 digits"),
+        ({"send": {"max_attempts": 1001}}, r"send.max_attempts must be in 1-1000, got 1001"),
+        ({"send": {"max_attempts": 0}}, r"send.max_attempts must be in 1-1000, got 0"),
+        ({"send": {"retry_max_s": 86401}}, r"send.retry_max_s must be positive and at most 86400 \(one day\), "
+                                           r"got 86401"),
+        ({"send": {"timeout_s": 3601}}, r"send.timeout_s must be positive and at most 3600 \(one hour\)"),
+        ({"node": {"network_timeout_s": 1e9}}, r"node.network_timeout_s must be positive and at most 3600"),
+        ({"node": {"dimse_timeout_s": 0}}, r"node.dimse_timeout_s must be positive and at most 3600"),
+        ({"node": {"max_pdu": -1}}, r"node.max_pdu must be 0 \(unlimited\) or a size up to 4294967295, got -1"),
+        ({"series": {"quiet_period_s": 86401}}, r"series.quiet_period_s must be positive and at most 86400"),
+        ({"retention": {"sweep_interval_s": 1e7}}, r"retention.sweep_interval_s must be positive and at most 86400"),
+        ({"retention": {"done_days": 4000}}, r"retention.done_days must be in 0-3650 \(ten years\), got 4000"),
+        ({"database": {"lease_s": 7200}}, r"database.lease_s must be in 5-3600 \(one hour\), got 7200"),
+    ],
+)
+def test_numbers_must_be_finite_and_sane(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, source="cfg.toml")
+
+
+def test_nan_in_a_file_names_the_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[series]\nquiet_period_s = nan\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: series.quiet_period_s: must be a finite number, got nan$"):
+        load_config(path)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    cfg = parse_config({"send": {"max_attempts": 1000, "retry_initial_s": 86400, "retry_max_s": 86400,
+                                 "timeout_s": 3600}, "series": {"quiet_period_s": 86400},
+                        "database": {"lease_s": 3600}, "retention": {"done_days": 3650, "sweep_interval_s": 86400}})
+    assert cfg.send.max_attempts == 1000 and cfg.retention.done_days == 3650
+
+
+def test_shipped_and_documented_configs_stay_valid() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    files = sorted((repo / "config").glob("*.toml")) + sorted((repo / "deploy").glob("*.toml"))
+    assert len(files) >= 4
+    for path in files:
+        parse_config(tomllib.loads(path.read_text(encoding="utf-8")), source=str(path))
+    blocks = [block for doc in ("README.md", "deploy/README.md")
+              for block in re.findall(r"```toml\n(.*?)```", (repo / doc).read_text(encoding="utf-8"), re.S)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse_config(tomllib.loads(block), source="README")
+
+
+def test_to_dict_never_shows_secrets() -> None:
+    cfg = parse_config({"web": {"token": "hunter2-token"},
+                        "database": {"url": "postgresql+psycopg://node:pa:ss@db.example:5432/dicomnode"}})
+    shown = to_dict(cfg)
+    assert shown["web"]["token"] == "(set)"
+    assert shown["database"]["url"] == "postgresql+psycopg://node:***@db.example:5432/dicomnode"
+    assert "hunter2" not in repr(shown) and "pa:ss" not in repr(shown)
+    assert to_dict(parse_config({}))["web"]["token"] == ""              # unset stays visibly unset
+
+
+def test_check_config_prints_no_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(f'[node]\nstorage_dir = "{tmp_path / "var"}"\nport = 0\n'
+                    '[web]\nenabled = true\nport = 0\ntoken = "hunter2-token"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert '"token": "(set)"' in out and "hunter2" not in out
+    assert not (tmp_path / "var").exists()                              # checked, not created
