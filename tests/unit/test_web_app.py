@@ -487,7 +487,7 @@ def statuses_in_source(function_names: set[str]) -> set[str]:
     """HTTP statuses that `error(NNN, …)` and `ActionError(NNN, …)` calls in the named functions can answer."""
     found: set[str] = set()
     for name in ACTION_SOURCES:
-        source = (Path(api_module.__file__).parent / name).read_text()
+        source = (Path(api_module.__file__).parent / name).read_text(encoding="utf-8")
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in function_names:
                 for call in ast.walk(node):
