@@ -44,6 +44,16 @@ def _check_range(where: str, value: float, upper: float, what: str) -> None:
         raise ValueError(f"{where} must be positive and at most {upper:g} ({what}), got {value}")
 
 
+def _check_int_range(where: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{where} must be {lo}-{hi}, got {value}")
+
+
+def _check_float_range(where: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:          # also false for nan
+        raise ValueError(f"{where} must be between {lo:g} and {hi:g}, got {value}")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSection:
     ae_title: str = "SYNTHNODE"
@@ -227,11 +237,25 @@ class WebSection:
     token: str = ""                  # bearer token / login for actions; empty: actions disabled
     public_read: bool = True         # pages and read-only API without login
     show_patient_data: bool = False  # patient names/IDs on pages, only to logged-in users
+    max_body_bytes: int = 16384      # a request body above this is refused with 413 while it is read
+    auth_max_failures: int = 5       # failed logins / bearer tokens from one address before a lockout
+    auth_window_s: float = 300.0     # ... counted over this window
+    auth_lockout_s: float = 60.0     # the first lockout (429); each further one doubles ...
+    auth_lockout_max_s: float = 3600.0   # ... up to this
+    preview_max_slices: int = 256    # a preview section reads at most this many slices of a series
+    preview_wait_s: float = 10.0     # how long a preview request waits for its render before 503
 
     def __post_init__(self) -> None:
         _check_port("web.port", self.port)
         if self.show_patient_data and not self.token:
             raise ValueError("web.show_patient_data needs web.token (patient data only to logged-in users)")
+        _check_int_range("web.max_body_bytes", self.max_body_bytes, 1024, 1 << 24)
+        _check_int_range("web.auth_max_failures", self.auth_max_failures, 1, 1000)
+        _check_int_range("web.preview_max_slices", self.preview_max_slices, 16, 4096)
+        for key, value in (("web.auth_window_s", self.auth_window_s), ("web.auth_lockout_s", self.auth_lockout_s),
+                           ("web.preview_wait_s", self.preview_wait_s)):
+            _check_float_range(key, value, 0.1, 86400.0)
+        _check_float_range("web.auth_lockout_max_s", self.auth_lockout_max_s, self.auth_lockout_s, 7 * 86400.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dicom_node.ledger import Ledger
 
+WEB_AUTH_KINDS = ("login", "bearer")
 SYNTH_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
@@ -52,6 +53,22 @@ class NodeMetrics:
                                      ["destination"], registry=r)
         self.send_failures = Counter("dicom_node_send_failures", "Failed send attempts per destination",
                                      ["destination"], registry=r)
+        self.web_auth_failures = Counter("dicom_node_web_auth_failures",
+                                         "Failed web logins and wrong bearer tokens, by kind", ["kind"], registry=r)
+        self.web_auth_refused = Counter("dicom_node_web_auth_refused",
+                                        "Credentials refused unread (429) from a locked-out address, by kind",
+                                        ["kind"], registry=r)
+        for kind in WEB_AUTH_KINDS:                 # present at 0 from the start, for rate() and alerts
+            self.web_auth_failures.labels(kind)
+            self.web_auth_refused.labels(kind)
+        self.web_lockouts = Counter("dicom_node_web_lockouts", "Addresses locked out after failed authentication",
+                                    registry=r)
+        self.web_locked_addresses = Gauge("dicom_node_web_locked_addresses",
+                                          "Addresses locked out of web authentication now", registry=r)
+        self.web_body_refused = Counter("dicom_node_web_bodies_refused",
+                                        "HTTP requests refused with 413: body above web.max_body_bytes", registry=r)
+        self.web_previews_busy = Counter("dicom_node_web_previews_busy",
+                                         "Preview requests answered 503 because the renderer was busy", registry=r)
         r.register(_LedgerCollector(ledger, storage_dir))
 
     def exposition(self) -> bytes:

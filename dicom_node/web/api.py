@@ -14,10 +14,12 @@ from dicom_node.web import queries
 from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_HEADER, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of, series_json
+from dicom_node.web.limits import int_param
 from dicom_node.web.openapi import openapi_document
 from dicom_node.web.preview import VIEWS, PreviewError
+from dicom_node.web.preview_queue import PreviewBusyError
 
-MAX_BODY_BYTES = 4096
+DEFAULT_LIMIT = 100
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -60,22 +62,13 @@ def overview(request: Request) -> Response:
     })
 
 
-def _int_param(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
 def series_list(request: Request) -> Response:
     ctx, identity = _reader(request)
     if isinstance(identity, Response):
         return identity
     try:
-        limit, offset = _int_param(request, "limit", 100), _int_param(request, "offset", 0)
+        limit = int_param(request, "limit", default=DEFAULT_LIMIT, lo=1, hi=queries.MAX_LIMIT)
+        offset = int_param(request, "offset", default=0, lo=0, hi=queries.MAX_OFFSET)
         rows, total = queries.list_series(ctx.engine, state=request.query_params.get("state") or None,
                                           limit=limit, offset=offset)
     except ValueError as exc:
@@ -113,18 +106,21 @@ def destinations(request: Request) -> Response:
         for d in ctx.destination_views()])
 
 
-def preview(request: Request) -> Response:
-    """GET .../preview/{input|output}/{coronal|sagittal}.png (pages and API)."""
+async def preview(request: Request) -> Response:
+    """GET .../preview/{input|output}/{coronal|sagittal}.png (pages and API); drawn off the shared pool."""
     ctx, identity = _reader(request)
     if isinstance(identity, Response):
         return identity
     p = request.path_params
     try:
-        png = ctx.preview_png(p["series_uid"], p["which"], p["view"])
+        png = await ctx.preview_png(p["series_uid"], p["which"], p["view"])
     except NotFoundError as exc:
         return error(404, str(exc))
     except PreviewError as exc:
         return error(422, f"cannot draw the {p['which']} of series {p['series_uid']}: {exc}")
+    except PreviewBusyError as exc:
+        ctx.node.metrics.web_previews_busy.inc()
+        return error(503, str(exc), **{"Retry-After": str(exc.retry_after_s)})
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
@@ -150,9 +146,7 @@ async def action(request: Request) -> Response:
     ctx, identity = _actor(request)
     if isinstance(identity, Response):
         return identity
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return error(413, "request body too large")
+    body = await request.body()          # at most web.max_body_bytes: BodyLimit answers 413 beyond
     destination = request.query_params.get("destination") or None
     if body.strip():
         try:

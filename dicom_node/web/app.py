@@ -1,26 +1,25 @@
 """The ASGI app: pages, JSON API, health and metrics over one running `Node`.
 
-`build_app(node)` wires the routes; `WebContext` holds what they share (auth, the read engine, the
-preview cache, templates). Handlers that touch the database or files are plain functions, which
-Starlette runs in its thread pool, so the event loop never waits on them.
+`build_app(node)` wires the routes and the middleware; `WebContext` holds what they share (auth and
+its throttle, the read engine, the preview queue, templates). Handlers that touch the database or
+files are plain functions, which Starlette runs in its thread pool, so the event loop never waits on
+them; what must answer whatever that pool is doing (health, the refusal of a locked-out address, an
+oversized body) runs on the event loop or on a thread of its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicom_node.web import api, pages
-from dicom_node.web.context import HERE, WebContext, context_of
-from dicom_node.web.status import readiness
+from dicom_node.web import api, health, pages
+from dicom_node.web.context import HERE, WebContext
+from dicom_node.web.guard import BearerGuard
+from dicom_node.web.limits import BodyLimit
 
 if TYPE_CHECKING:
     from dicom_node.app import Node
@@ -57,29 +56,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-# -- health and metrics (no login: load balancers and Prometheus poll these) ------------------------
-def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "alive"})
-
-
-def readyz(request: Request) -> Response:
-    ctx = context_of(request)
-    checks = readiness(ctx.node, ctx.engine)
-    ready = all(c.ok for c in checks)
-    body = {"ready": ready, "checks": [dataclasses.asdict(c) for c in checks],
-            "reasons": [c.detail for c in checks if not c.ok]}
-    return JSONResponse(body, status_code=200 if ready else 503)
-
-
-def metrics(request: Request) -> Response:
-    ctx = context_of(request)
-    identity = ctx.identify(request)
-    if not ctx.auth.can_read(identity):
-        return JSONResponse({"error": "login required (web.public_read is false): send a bearer token"},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    return Response(ctx.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-
 def build_app(node: Node) -> Starlette:
     routes = [
         Route("/", pages.overview, name="overview"),
@@ -101,12 +77,16 @@ def build_app(node: Node) -> Starlette:
         Route("/api/series/{series_uid}/{action}", api.action, methods=["POST"]),
         Route("/api/destinations", api.destinations),
         Route("/api/destinations/{name}/check", api.check, methods=["POST"]),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
+        Route("/healthz", health.healthz),
+        Route("/readyz", health.readyz),
+        Route("/metrics", health.metrics),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)
-    app.state.ctx = WebContext(node)
+    ctx = WebContext(node)
+    app.state.ctx = ctx
+    # add_middleware puts each one outside the ones before: SecurityHeaders → BodyLimit → BearerGuard → routes
+    app.add_middleware(BearerGuard, guard=ctx.guard, auth=ctx.auth)
+    app.add_middleware(BodyLimit, max_bytes=node.cfg.web.max_body_bytes, on_refused=node.metrics.web_body_refused.inc)
     app.add_middleware(SecurityHeaders)
     return app

@@ -90,11 +90,21 @@ class Auth:
         expected = self.csrf_token(identity)
         return bool(expected) and hmac.compare_digest(value.encode(), expected.encode())
 
+    def bearer_problem(self, header: str) -> str | None:
+        """None when an `Authorization` header carries the right token, else what is wrong (never the value)."""
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return "an Authorization header that is not Bearer"
+        if not self._token:
+            return "a bearer token while web.token is empty"
+        if not credentials.strip():
+            return "an empty bearer token"
+        return None if self.token_valid(credentials.strip()) else "a wrong bearer token"
+
     def identify(self, request: Request) -> Identity:
         header = request.headers.get("authorization", "")
-        if header:
-            scheme, _, credentials = header.partition(" ")
-            if scheme.lower() == "bearer" and self.token_valid(credentials.strip()):
+        if header:                    # an empty header is no credential
+            if self.bearer_problem(header) is None:
                 return Identity(logged_in=True, via="bearer")
             return Identity(logged_in=False, via="", bad_credentials=True)
         cookie = request.cookies.get(SESSION_COOKIE, "")

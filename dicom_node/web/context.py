@@ -5,17 +5,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 import pydicom
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
 from dicom_node.web import queries
 from dicom_node.web.auth import Auth, Identity
-from dicom_node.web.preview import VIEWS, SectionCache, png_bytes, render
+from dicom_node.web.guard import AuthGuard
+from dicom_node.web.preview import VIEWS
+from dicom_node.web.preview_queue import PreviewQueue
 from dicom_node.web.queries import SendView, SeriesView, Throughput, read_engine
 from dicom_node.web.status import (
     Check,
@@ -25,6 +29,7 @@ from dicom_node.web.status import (
     HeaderInfo,
     ModelInfo,
     PatientInfo,
+    ReadinessProbe,
     destinations,
     header_info,
     model_info,
@@ -32,6 +37,7 @@ from dicom_node.web.status import (
     readiness,
     software_version,
 )
+from dicom_node.web.throttle import AuthThrottle
 from dicom_node.write import derived_files
 
 if TYPE_CHECKING:
@@ -132,14 +138,19 @@ def _templates() -> Jinja2Templates:
 class WebContext:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.auth = Auth(node.cfg.web)
+        cfg = node.cfg.web
+        self.auth = Auth(cfg)
+        self.guard = AuthGuard(AuthThrottle.from_config(cfg), node.metrics)
         self.engine = read_engine(node.ledger.engine)
-        self.sections = SectionCache()
+        self.previews = PreviewQueue(max_slices=cfg.preview_max_slices, wait_s=cfg.preview_wait_s)
+        self.readiness = ReadinessProbe(node, self.engine)
         self.disk = DiskProbe(node)
         self.templates = _templates()
         self.started_at = time.time()
 
     def close(self) -> None:
+        self.previews.close()
+        self.readiness.close()
         if self.engine is not self.node.ledger.engine:
             self.engine.dispose()
 
@@ -209,8 +220,8 @@ class WebContext:
                 queries.send_jobs(self.engine, destination=name, states=("failed",))))
         return out
 
-    def preview_png(self, series_uid: str, which: str, view_name: str) -> bytes:
-        """A PNG section; NotFoundError when the series or its files are gone, PreviewError when unreadable."""
+    def preview_source(self, series_uid: str, which: str, view_name: str) -> tuple[Hashable, Callable[[], list[Path]]]:
+        """The cache key of a preview and what lists its files (NotFoundError: no such series or preview)."""
         if which not in WHICH:
             raise NotFoundError(f"no preview {which!r}: use one of {WHICH}")
         if view_name not in VIEWS:
@@ -218,16 +229,25 @@ class WebContext:
         view = queries.get_series(self.engine, series_uid)
         if view is None:
             raise NotFoundError(f"no series {series_uid} in the ledger")
-        files = self._files(view, which)
-        if not files:
-            raise NotFoundError(f"the {which} files of series {series_uid} are not held (any more)")
         # Keyed by what changes when the files change: new instances, or a new synthesis.
         if which == "input":
             key: tuple[object, ...] = (series_uid, which, view.instance_count, view.last_received_at)
         else:
             key = (series_uid, which, view.derived_series_uid, view.derived_count, view.synth_seconds)
-        sections = self.sections.get(key, files)
-        return png_bytes(render(sections, view_name))
+
+        def files() -> list[Path]:            # run on the preview thread, only when not cached
+            found = self._files(view, which)
+            if not found:
+                raise NotFoundError(f"the {which} files of series {series_uid} are not held (any more)")
+            return found
+
+        return key, files
+
+    async def preview_png(self, series_uid: str, which: str, view_name: str) -> bytes:
+        """A PNG section; NotFoundError when the series or its files are gone, PreviewError when unreadable,
+        PreviewBusyError when the renderer is busy."""
+        key, files = await run_in_threadpool(self.preview_source, series_uid, which, view_name)
+        return (await self.previews.pngs(key, files))[view_name]
 
 
 def context_of(request: Request) -> WebContext:

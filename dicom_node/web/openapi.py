@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import dicom_node
+from dicom_node.config import WebSection
+from dicom_node.web.queries import MAX_LIMIT, MAX_OFFSET
 
 _UID = {"type": "string", "pattern": r"^[0-9.]{1,64}$", "description": "a DICOM UID"}
 _TIME = {"type": "number", "description": "seconds since the Unix epoch"}
@@ -24,26 +26,44 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
+                                 "schema": {"type": "integer", "minimum": 1}}}
+_LOCKED = {"description": "too many failed logins or bearer tokens from this address (web.auth_max_failures "
+                          "within web.auth_window_s): every credential it sends is refused unread until the "
+                          "lockout ends", "headers": _RETRY_AFTER,
+           "content": {"application/json": {"schema": _ref("Error")}}}
 _ERRORS = {
     "401": _json(_ref("Error"), "not logged in, or a wrong bearer token"),
     "403": _json(_ref("Error"), "actions are disabled (web.token is empty) or the CSRF token is missing"),
+    "429": _LOCKED,
 }
+_TOO_LARGE = {"413": _json(_ref("Error"), "the request body is larger than web.max_body_bytes "
+                                          f"(default {WebSection().max_body_bytes})")}
 _SERIES_PARAM = {"name": "series_uid", "in": "path", "required": True, "schema": _UID,
                  "description": "the source SeriesInstanceUID as received"}
+_DESTINATION_PARAM = {"name": "destination", "in": "query", "required": False, "schema": {"type": "string"},
+                      "description": "re-send to this configured destination only (default: every destination); "
+                                     "a `destination` in the JSON body wins over this"}
 _ACTION_RESPONSES = {
     "200": _json(_ref("ActionResult"), "done"),
+    "400": _json(_ref("Error"), 'the body is not JSON, or not an object like {"destination": "pacs"}'),
     "404": _json(_ref("Error"), "no such series"),
-    "409": _json(_ref("Error"), "the series is in a state that does not allow this action"),
+    "409": _json(_ref("Error"), "the series is in a state that does not allow this action, "
+                                "or no destination of that name is configured"),
+    **_TOO_LARGE,
     **_ERRORS,
 }
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 
 
-def _action(summary: str, description: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _action(summary: str, description: str, *, destination: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "description": description, "parameters": [_SERIES_PARAM],
                           "security": _SECURED, "responses": _ACTION_RESPONSES, "tags": ["actions"]}
-    if body is not None:
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    if destination:
+        op["parameters"] = [_SERIES_PARAM, _DESTINATION_PARAM]
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"destination": {
+                "type": ["string", "null"], "description": "re-send to this configured destination only"}}}}}}
     return op
 
 
@@ -145,11 +165,14 @@ PATHS: dict[str, Any] = {
         "parameters": [
             {"name": "state", "in": "query", "required": False, "schema": SCHEMAS["Series"]["properties"]["state"]},
             {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-            {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}},
+            {"name": "offset", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
         ],
         "responses": {"200": _json(_ref("SeriesList"), "a page of series"),
-                      "400": _json(_ref("Error"), "a bad parameter"), **_ERRORS}}},
+                      "400": _json(_ref("Error"), "a bad parameter: an unknown state, or limit or offset out "
+                                                  "of range or not an integer (the message names it)"),
+                      **_ERRORS}}},
     "/api/series/{series_uid}": {"get": {
         "summary": "One series: state, reason, timings, destination results, preview URLs", "tags": ["read"],
         "parameters": [_SERIES_PARAM],
@@ -166,7 +189,11 @@ PATHS: dict[str, Any] = {
         ],
         "responses": {"200": {"description": "the image", "content": {"image/png": {}}},
                       "404": _json(_ref("Error"), "no such series, or its files are gone"),
-                      "422": _json(_ref("Error"), "the files cannot be drawn"), **_ERRORS}}},
+                      "422": _json(_ref("Error"), "the files cannot be drawn"),
+                      "503": {"description": "the renderer is busy (one render at a time, a few queued; "
+                                             "web.preview_wait_s): try again after Retry-After",
+                              "headers": _RETRY_AFTER, "content": {"application/json": {"schema": _ref("Error")}}},
+                      **_ERRORS}}},
     "/api/destinations": {"get": {
         "summary": "Each destination with its pending and failed sends", "tags": ["read"],
         "responses": {"200": _json({"type": "array", "items": _ref("Destination")}, "the destinations"),
@@ -174,8 +201,8 @@ PATHS: dict[str, Any] = {
     "/api/series/{series_uid}/retry": {"post": _action(
         "Retry", "Re-queue the failed sends of a failed series, or process a rejected series again.")},
     "/api/series/{series_uid}/resend": {"post": _action(
-        "Re-send", "Send the derived series of a done or failed series again, to every destination or one.",
-        {"type": "object", "properties": {"destination": {"type": "string"}}})},
+        "Re-send", "Send the derived series of a done or failed series again, to every destination or to the "
+        "one named by `destination` (query parameter or JSON body).", destination=True)},
     "/api/series/{series_uid}/discard": {"post": _action(
         "Discard", "Remove a done, failed or rejected series from the ledger, with its received and derived files.")},
     "/api/destinations/{name}/check": {"post": {
@@ -185,7 +212,7 @@ PATHS: dict[str, Any] = {
         "tags": ["actions"], "security": _SECURED,
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _json(_ref("CheckResult"), "checked (see ok)"),
-                      "404": _json(_ref("Error"), "no such destination"), **_ERRORS}}},
+                      "404": _json(_ref("Error"), "no such destination"), **_TOO_LARGE, **_ERRORS}}},
     "/api/openapi.json": {"get": {"summary": "This document", "tags": ["meta"],
                                   "responses": {"200": {"description": "OpenAPI 3.1"}}}},
 }
@@ -202,7 +229,10 @@ def openapi_document() -> dict[str, Any]:
                 "true; actions always need `Authorization: Bearer <web.token>`, or the session cookie from "
                 "/login together with its `X-CSRF-Token`. Health: GET /healthz (alive) and /readyz (200 or "
                 "503 with reasons). Prometheus metrics: GET /metrics. No patient names, IDs or birth dates "
-                "are returned unless web.show_patient_data is true and the caller is logged in."),
+                "are returned unless web.show_patient_data is true and the caller is logged in. Failed "
+                "credentials are counted per client address: after web.auth_max_failures of them the "
+                "address gets 429 with Retry-After for every credential it sends, until the lockout ends. "
+                "A request body above web.max_body_bytes is refused with 413."),
         },
         "paths": PATHS,
         "components": {

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from dicom_node.web import queries
 from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of
+from dicom_node.web.guard import client_host, retry_after_header
+from dicom_node.web.limits import int_param
 from dicom_node.web.openapi import openapi_document
+from dicom_node.web.throttle import address_key
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
-MAX_FORM_BYTES = 4096
-FAILED_LOGIN_DELAY_S = 1.0
+MAX_PAGE = queries.MAX_OFFSET // PAGE_SIZE
 
 
 def _render(request: Request, ctx: WebContext, identity: Identity, template: str, status: int = 200,
@@ -65,7 +66,7 @@ def series_list(request: Request) -> Response:
         return identity
     state = request.query_params.get("state") or None
     try:
-        page = max(1, int(request.query_params.get("page", "1")))
+        page = int_param(request, "page", default=1, lo=1, hi=MAX_PAGE)
         rows, total = queries.list_series(ctx.engine, state=state, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     except ValueError as exc:
         return _error_page(request, ctx, identity, 400, str(exc))
@@ -108,11 +109,9 @@ def api_docs(request: Request) -> Response:
     return _render(request, ctx, ctx.identify(request), "api.html", title="API", doc=openapi_document())
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """An application/x-www-form-urlencoded body as single values (None when too large)."""
+async def _form(request: Request) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body as single values (its size is bounded by BodyLimit)."""
     body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return None
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 
@@ -121,31 +120,50 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
-def login_form(request: Request) -> Response:
+def _login_page(request: Request, ctx: WebContext, target: str, *, status: int = 200, failed: bool = False,
+                tries_left: int = 0, locked_for_s: float = 0.0) -> Response:
+    response = _render(request, ctx, ctx.identify(request), "login.html", status=status, title="Log in",
+                       next=target, failed=failed, tries_left=tries_left, locked_for_s=round(locked_for_s))
+    if locked_for_s > 0:
+        response.headers["Retry-After"] = retry_after_header(locked_for_s)
+    return response
+
+
+async def login_form(request: Request) -> Response:
     ctx = context_of(request)
-    return _render(request, ctx, ctx.identify(request), "login.html", title="Log in",
-                   next=_safe_next(request.query_params.get("next", "/")), failed=False)
+    return _login_page(request, ctx, _safe_next(request.query_params.get("next", "/")),
+                       locked_for_s=ctx.guard.locked_for(client_host(request.scope)))
 
 
 async def login_submit(request: Request) -> Response:
+    """Check the token; failures are throttled per address (guard.py): a locked-out address gets 429 unread.
+
+    Async on purpose: between reading the form and recording the outcome nothing awaits, so parallel
+    guesses from one address are counted one by one, and no guess holds a thread.
+    """
     ctx = context_of(request)
+    host = client_host(request.scope)
+    if (locked_for := ctx.guard.locked_for(host)) > 0:           # refused before the body is read
+        ctx.guard.refused(host, "login", locked_for)
+        return _login_page(request, ctx, "/", status=429, locked_for_s=locked_for)
     form = await _form(request)
-    if form is None:
-        return HTMLResponse("request body too large", status_code=413)
     target = _safe_next(form.get("next", "/"))
     if not ctx.auth.actions_enabled:
-        return _render(request, ctx, ctx.identify(request), "login.html", status=403, title="Log in",
-                       next=target, failed=True)
-    if not ctx.auth.token_valid(form.get("token", "")):
-        client = request.client.host if request.client is not None else "?"
-        logger.warning("web: failed login from %s", client)
-        await run_in_threadpool(time.sleep, FAILED_LOGIN_DELAY_S)   # slows guessing
-        return _render(request, ctx, ctx.identify(request), "login.html", status=401, title="Log in",
-                       next=target, failed=True)
+        return _login_page(request, ctx, target, status=403, failed=True)
+    if (locked_for := ctx.guard.locked_for(host)) > 0:           # locked while this body was read
+        ctx.guard.refused(host, "login", locked_for)
+        return _login_page(request, ctx, target, status=429, locked_for_s=locked_for)
+    token = form.get("token", "")
+    if not ctx.auth.token_valid(token):
+        verdict = ctx.guard.failed(host, "login", "a wrong token" if token else "an empty token")
+        return _login_page(request, ctx, target, status=429 if verdict.locked_for_s else 401, failed=True,
+                           tries_left=ctx.guard.throttle.max_failures - verdict.failures,
+                           locked_for_s=verdict.locked_for_s)
+    ctx.guard.succeeded(host)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, ctx.auth.issue_session(), max_age=SESSION_MAX_AGE_S, httponly=True,
                         samesite="strict", secure=request.url.scheme == "https", path="/")
-    logger.info("web: login from %s", request.client.host if request.client is not None else "?")
+    logger.info("web: login from %s", address_key(host))
     return response
 
 
@@ -166,8 +184,6 @@ async def _acting_form(request: Request, back: str) -> tuple[WebContext, Identit
     if not identity.logged_in:
         return RedirectResponse(f"/login?{urlencode({'next': back})}", status_code=303)
     form = await _form(request)
-    if form is None:
-        return _error_page(request, ctx, identity, 413, "request body too large")
     if not ctx.auth.csrf_valid(identity, form.get(CSRF_FIELD, "")):
         return _error_page(request, ctx, identity, 403, "the form has expired: reload the page and try again")
     return ctx, identity, form

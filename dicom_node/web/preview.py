@@ -1,18 +1,20 @@
 """Before/after previews: coronal and sagittal sections through a series, as lung-window PNGs.
 
 A series' files are read once (one central row and one central column of every slice are kept, so a
-512² × 300 series costs a few MB, not a volume) and the sections are cached. Images are aspect-correct:
-the slice axis is scaled by the slice spacing, the in-plane axis by the pixel spacing, and both views of
-the thick input and the 1-mm output use the same millimetres per pixel. Along the slice axis each slice
-is drawn as the slab it stands for (nearest neighbour), so a 5-mm input looks as coarse as it is.
+512² × 300 series costs a few MB, not a volume) and the images are cached (`preview_queue.py`). At
+most `max_slices` files of a series are read (`web.preview_max_slices`, 256): a longer series is
+sampled evenly along its file list, and the sampled slices are laid on a regular grid by position,
+so an 801-slice 1-mm series is drawn from every third or fourth slice at the same proportions.
+Images are aspect-correct: the slice axis is scaled by the slice spacing, the in-plane axis by the
+pixel spacing, and both views of the thick input and the 1-mm output use the same millimetres per
+pixel. Along the slice axis each slice is drawn as the slab it stands for (nearest neighbour), so a
+5-mm input looks as coarse as it is.
 """
 
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class Sections:
     row_spacing_mm: float                   # between rows (DICOM PixelSpacing[0])
     col_spacing_mm: float                   # between columns (PixelSpacing[1])
     skipped: int = 0                        # slices left out (another matrix than the first slice)
+    left_out: int = 0                       # files not read: the series has more than max_slices
 
     @property
     def slices(self) -> int:
@@ -58,10 +61,31 @@ def _slice_normal(ds: pydicom.Dataset) -> npt.NDArray[np.float64]:
     return normal if normal[2] >= 0 else -normal
 
 
-def load_sections(files: Sequence[Path]) -> Sections:
-    """Read the slices of one series and keep the central row and column of each."""
-    if not files:
+def sample_files(files: Sequence[Path], max_slices: int) -> list[Path]:
+    """At most `max_slices` of `files`, evenly spread over the list, first and last included."""
+    if max_slices < 2:
+        raise ValueError(f"max_slices must be at least 2, got {max_slices}")
+    if len(files) <= max_slices:
+        return list(files)
+    picked = np.unique(np.rint(np.linspace(0, len(files) - 1, max_slices)).astype(np.int64))
+    return [files[int(i)] for i in picked]
+
+
+def _on_grid(positions: npt.NDArray[np.float64], count: int) -> tuple[npt.NDArray[np.int64], float]:
+    """For `count` evenly spaced points from the first to the last position: the nearest slice, and the step."""
+    if count < 2 or positions[-1] - positions[0] < 1e-3:
+        return np.arange(len(positions)), 1.0
+    grid = np.linspace(positions[0], positions[-1], count)
+    right = np.clip(np.searchsorted(positions, grid), 1, len(positions) - 1)
+    nearest = np.where(grid - positions[right - 1] <= positions[right] - grid, right - 1, right)
+    return nearest.astype(np.int64), float((positions[-1] - positions[0]) / (count - 1))
+
+
+def load_sections(all_files: Sequence[Path], max_slices: int | None = None) -> Sections:
+    """Read the slices of one series (at most `max_slices` of them) and keep the central row and column of each."""
+    if not all_files:
         raise PreviewError("no files")
+    files = list(all_files) if max_slices is None else sample_files(all_files, max_slices)
     entries: list[tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
     shape: tuple[int, int] | None = None
     spacing: tuple[float, float] = (1.0, 1.0)
@@ -94,12 +118,17 @@ def load_sections(files: Sequence[Path]) -> Sections:
         entries.append((position, row, col))
     entries.sort(key=lambda e: e[0])
     positions = np.asarray([e[0] for e in entries])
-    gaps = np.diff(positions)
-    gaps = gaps[gaps > 1e-3]
-    slice_mm = float(np.median(gaps)) if gaps.size else 1.0
-    return Sections(coronal_hu=np.stack([e[1] for e in entries]), sagittal_hu=np.stack([e[2] for e in entries]),
-                    slice_spacing_mm=slice_mm, row_spacing_mm=spacing[0], col_spacing_mm=spacing[1],
-                    skipped=skipped)
+    coronal, sagittal = np.stack([e[1] for e in entries]), np.stack([e[2] for e in entries])
+    left_out = len(all_files) - len(files)
+    if left_out:           # sampled: nearest sampled slice on a regular grid, so proportions stay true
+        order, slice_mm = _on_grid(positions, len(entries))
+        coronal, sagittal = coronal[order], sagittal[order]
+    else:
+        gaps = np.diff(positions)
+        gaps = gaps[gaps > 1e-3]
+        slice_mm = float(np.median(gaps)) if gaps.size else 1.0
+    return Sections(coronal_hu=coronal, sagittal_hu=sagittal, slice_spacing_mm=slice_mm,
+                    row_spacing_mm=spacing[0], col_spacing_mm=spacing[1], skipped=skipped, left_out=left_out)
 
 
 def lung_window(hu: npt.NDArray[np.float32], level: float = LUNG_WINDOW_HU[0],
@@ -133,30 +162,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class SectionCache:
-    """Sections by key (series, input/output, version), least recently used dropped first.
-
-    Loads run one at a time: a dashboard full of previews must not take every core from synthesis.
-    """
-
-    def __init__(self, capacity: int = 32) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[Hashable, Sections] = OrderedDict()
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
-
-    def get(self, key: Hashable, files: Sequence[Path]) -> Sections:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        with self._load_lock:
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            sections = load_sections(files)
-            with self._lock:
-                self._items[key] = sections
-                while len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
-            return sections
+def render_pngs(files: Sequence[Path], max_slices: int) -> dict[str, bytes]:
+    """Both views of one series as PNG bytes (one read of its files)."""
+    sections = load_sections(files, max_slices)
+    return {view: png_bytes(render(sections, view)) for view in VIEWS}

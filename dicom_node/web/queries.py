@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from dicom_node.ledger import InstanceRow, JobState, SendJobRow, SeriesRow, SeriesState
 
 ACTIVE_SEND_STATES = (JobState.PENDING, JobState.SENDING)
+MAX_LIMIT = 1000
+MAX_OFFSET = 10**9             # far beyond any ledger, far below SQLite's 64-bit integers
 SERIES_STATES = tuple(s.value for s in SeriesState)
 JOB_STATES = tuple(s.value for s in JobState)
 
@@ -136,10 +138,10 @@ def list_series(engine: Engine, *, state: str | None = None, limit: int = 100,
     """Series, most recently changed first, with their send jobs; and how many match in all."""
     if state is not None and state not in SERIES_STATES:
         raise ValueError(f"state must be one of {SERIES_STATES}, got {state!r}")
-    if not 1 <= limit <= 1000:
-        raise ValueError(f"limit must be 1-1000, got {limit}")
-    if offset < 0:
-        raise ValueError(f"offset must not be negative, got {offset}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValueError(f"offset must be 0-{MAX_OFFSET}, got {offset}")
     with Session(engine) as s:
         query = select(SeriesRow)
         count = select(func.count()).select_from(SeriesRow)

@@ -3,11 +3,13 @@ and the DICOM header facts of one series (patient data only when the caller may 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -215,3 +217,31 @@ def patient_info(path: Path) -> PatientInfo:
 
 def software_version() -> str:
     return str(getattr(dicom_node, "__version__", "unknown"))
+
+
+READY_TIMEOUT_S = 5.0
+
+
+class ReadinessProbe:
+    """`readiness` for /readyz, off the shared thread pool: one run at a time, shared by concurrent calls."""
+
+    def __init__(self, node: Node, engine: Engine, timeout_s: float = READY_TIMEOUT_S) -> None:
+        self._node, self._engine, self.timeout_s = node, engine, timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-ready")
+        self._running: Future[list[Check]] | None = None
+        self._lock = threading.Lock()
+
+    async def checks(self) -> list[Check]:
+        """The readiness checks, run on the probe's own thread and waited for at most `timeout_s`."""
+        with self._lock:
+            if self._running is None or self._running.done():
+                self._running = self._executor.submit(readiness, self._node, self._engine)
+            running = self._running
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), self.timeout_s)
+        except TimeoutError:
+            return [Check("checks", False, f"the readiness checks did not finish within {self.timeout_s:g} s "
+                                           "(database or disk not answering)")]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

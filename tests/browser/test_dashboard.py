@@ -123,3 +123,36 @@ def test_dashboard_previews_login_and_retry(browser: Browser, node: Node, pacs: 
 
     page.goto(node.web.url + "/series?state=done")
     expect(page.locator(f'tr[data-series="{uid}"]')).to_contain_text("pacs: done")
+
+
+@pytest.fixture
+def strict_node(tmp_path: Path) -> Iterator[Node]:
+    raw = {
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        "web": {"enabled": True, "port": 0, "token": TOKEN, "auth_max_failures": 2, "auth_lockout_s": 300.0},
+    }
+    node = Node(parse_config(raw))
+    node.start()
+    yield node
+    node.stop(drain_s=2.0)
+
+
+def test_login_page_says_when_the_address_is_locked_out(browser: Browser, strict_node: Node) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(strict_node.web.url + "/login")
+    page.fill("#token", "wrong-guess-1")
+    page.click("#login-submit")
+    expect(page.locator("#login-failed")).to_contain_text("1 more failed try from your address")
+    page.fill("#token", "wrong-guess-2")
+    page.click("#login-submit")
+    locked = page.locator("#login-locked")
+    expect(locked).to_be_visible()
+    expect(locked).to_contain_text("Too many failed attempts from your address")
+    expect(locked).to_contain_text("locked for 5 min 0 s")
+    page.fill("#token", TOKEN)                                   # even the right token waits for the lockout
+    page.click("#login-submit")
+    expect(page.locator("#login-locked")).to_be_visible()
+    expect(page.locator("#logged-in")).to_have_count(0)
+    page.goto(strict_node.web.url + "/login")                    # and the form says so before any try
+    expect(page.locator("#login-locked")).to_contain_text("Try again after that")

@@ -45,6 +45,14 @@ def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
           "folder_destinations": [{"name": "p", "path": "x"}]}, r"destination names must be unique.*\['p'\]"),
         ({"node": {"host": "0.0.0.0"}}, r"listens beyond loopback with an empty node.allowed_callers"),
         ({"node": {"allowed_callers": ["OK", 3]}}, r"node.allowed_callers: expected a list of str"),
+        ({"web": {"max_body_bytes": 100}}, r"cfg.toml: web: web.max_body_bytes must be 1024-16777216, got 100"),
+        ({"web": {"auth_max_failures": 0}}, r"web.auth_max_failures must be 1-1000, got 0"),
+        ({"web": {"auth_window_s": float("nan")}}, r"web.auth_window_s: must be a finite number, got nan"),
+        ({"web": {"auth_lockout_s": 0.0}}, r"web.auth_lockout_s must be between 0.1 and 86400, got 0.0"),
+        ({"web": {"auth_lockout_s": 120.0, "auth_lockout_max_s": 60.0}},
+         r"web.auth_lockout_max_s must be between 120 and 604800, got 60.0"),
+        ({"web": {"preview_max_slices": 1}}, r"web.preview_max_slices must be 16-4096, got 1"),
+        ({"web": {"preview_wait_s": float("inf")}}, r"web.preview_wait_s: must be a finite number, got inf"),
     ],
 )
 def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: str) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.ratelog import RateLimitedLog
 from dicom_node.stage import PendingWrite, Stage, StageWait, Supervisor
 from dicom_node.transient import describe, is_transient
 
@@ -46,26 +45,6 @@ def test_transient_errors_are_the_machines() -> None:
         assert is_transient(outer)
     assert describe(OSError(errno.ENOSPC, "No space left on device")) == "OSError: ENOSPC (No space left on device)"
     assert describe(db_full()) == "OperationalError: database or disk is full"
-
-
-# -- rate-limited logging ----------------------------------------------------------------------------
-def test_rate_limited_log_lets_one_line_per_cause_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    now = [100.0]
-    log = RateLimitedLog(logging.getLogger("test.ratelog"), interval_s=1.0, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="test.ratelog"):
-        assert log.warning("disk", "disk full on %s", "/var")
-        for _ in range(50):
-            assert not log.warning("disk", "disk full on %s", "/var")
-        assert log.warning("db", "database locked")             # another cause is not held back
-        now[0] += 1.5
-        assert log.warning("disk", "disk full on %s", "/var")
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["disk full on /var", "database locked", "disk full on /var (50 similar in the last 2 s)"]
-
-
-def test_rate_limited_log_refuses_a_bad_interval() -> None:
-    with pytest.raises(ValueError, match="interval_s must be positive, got 0"):
-        RateLimitedLog(logging.getLogger("x"), interval_s=0)
 
 
 # -- stages ------------------------------------------------------------------------------------------

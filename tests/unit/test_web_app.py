@@ -8,6 +8,8 @@ caller is logged in.
 
 from __future__ import annotations
 
+import ast
+import html
 import io
 import logging
 import re
@@ -26,8 +28,10 @@ from starlette.testclient import TestClient
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
+from dicom_node.web import api as api_module
 from dicom_node.web.app import build_app
 from dicom_node.web.auth import CSRF_HEADER, SESSION_COOKIE
+from dicom_node.web.limits import ParamError, int_param
 from dicom_node.web.openapi import PATHS, SCHEMAS
 from dicom_node.web.preview import TARGET_WIDTH_PX
 from dicom_node.web.queries import read_engine
@@ -396,3 +400,141 @@ def test_session_api_calls_need_the_csrf_header(web: WebNode) -> None:
     ok = client.post(f"/api/series/{web.done_uid}/resend", headers={CSRF_HEADER: csrf.group(1)})
     assert ok.status_code == 200 and ok.json()["message"].startswith("re-queued")
     wait_until(lambda: web.state(web.done_uid) == "done", 20.0, "the re-send to finish")
+
+
+# -- bounded parameters -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "message"), [
+    ("/series?page=1e23", r"page must be an integer 1-20000000, got '1e23'"),
+    ("/series?page=100000000000000000000000", r"page must be 1-20000000, got 100000000000000000000000"),
+    ("/series?page=0", r"page must be 1-20000000, got 0"),
+    ("/series?page=-3", r"page must be 1-20000000, got -3"),
+    ("/series?page=%D9%A3", r"page must be an integer 1-20000000, got '٣'"),          # a non-ASCII digit
+    ("/api/series?offset=9223372036854775808", r"offset must be 0-1000000000, got 9223372036854775808"),
+    ("/api/series?offset=2**63", r"offset must be an integer 0-1000000000, got '2\*\*63'"),
+    ("/api/series?offset=-1", r"offset must be 0-1000000000, got -1"),
+    ("/api/series?limit=0", r"limit must be 1-1000, got 0"),
+    ("/api/series?limit=1001", r"limit must be 1-1000, got 1001"),
+    ("/api/series?limit=1.5", r"limit must be an integer 1-1000, got '1.5'"),
+    ("/api/series?limit=" + "9" * 5000, r"^limit must be 1-1000, got 9{24}…$"),
+])
+def test_int_parameters_out_of_range_are_400_naming_the_parameter(web: WebNode, path: str, message: str) -> None:
+    response = web.client.get(path)
+    assert response.status_code == 400, response.text[:300]
+    shown = response.json()["error"] if path.startswith("/api/") else html.unescape(text_of(response.text))
+    assert re.search(message, shown.strip()), shown[:300]
+
+
+def test_int_parameters_in_range_are_served(web: WebNode) -> None:
+    assert web.client.get("/series?page=20000000").status_code == 200              # an empty page, not an error
+    listing = web.client.get("/api/series?offset=1000000000&limit=1000").json()
+    assert listing["series"] == [] and listing["offset"] == 1000000000 and listing["limit"] == 1000
+    assert web.client.get("/api/series?offset=%2B0").json()["offset"] == 0
+
+
+def test_int_param_messages() -> None:
+    from starlette.requests import Request as StarletteRequest
+
+    def request(query: str) -> StarletteRequest:
+        return StarletteRequest({"type": "http", "query_string": query.encode(), "headers": []})
+
+    assert int_param(request("n=7"), "n", default=1, lo=1, hi=9) == 7
+    assert int_param(request("n="), "n", default=3, lo=1, hi=9) == 3
+    with pytest.raises(ParamError, match=r"^n must be 1-9, got 10$"):
+        int_param(request("n=10"), "n", default=1, lo=1, hi=9)
+    with pytest.raises(ParamError, match=r"^n must be an integer 1-9, got ' 7'$"):
+        int_param(request("n=%207"), "n", default=1, lo=1, hi=9)
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+def test_a_declared_body_above_the_limit_is_413_unread(web: WebNode) -> None:
+    limit = web.node.cfg.web.max_body_bytes
+    page = web.client.post("/login", content=b"token=" + b"a" * limit,
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert page.status_code == 413 and page.headers["connection"] == "close"
+    assert page.text == f"request body too large: at most {limit} bytes (web.max_body_bytes)"
+    assert page.headers["x-frame-options"] == "DENY"                # the refusal still carries the headers
+    api = web.client.post(f"/api/series/{web.done_uid}/resend", content=b"{}" + b" " * limit,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert api.status_code == 413 and api.json()["error"].startswith("request body too large: at most")
+
+
+def refused_bodies(web: WebNode) -> float:
+    found = re.search(r"^dicom_node_web_bodies_refused_total (\S+)$", web.client.get("/metrics").text, re.M)
+    assert found is not None, "no dicom_node_web_bodies_refused_total in /metrics"
+    return float(found.group(1))
+
+
+def test_a_streamed_body_is_cut_at_the_limit(web: WebNode) -> None:
+    before = refused_bodies(web)
+
+    def chunks() -> Iterator[bytes]:               # chunked: no Content-Length to refuse up front
+        for _ in range(1000):
+            yield b"a" * 4096
+
+    response = web.client.post("/login", content=chunks(),
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413 and "at most 16384 bytes" in response.text
+    assert refused_bodies(web) == before + 1
+    ok = web.client.post("/login", content=iter([b"token=nope&next=/"]),
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+    assert ok.status_code == 401                      # a small streamed body is read as usual
+
+
+# -- OpenAPI against the handlers ----------------------------------------------------------------------
+ACTION_SOURCES = ("api.py", "actions.py")
+
+
+def statuses_in_source(function_names: set[str]) -> set[str]:
+    """HTTP statuses that `error(NNN, …)` and `ActionError(NNN, …)` calls in the named functions can answer."""
+    found: set[str] = set()
+    for name in ACTION_SOURCES:
+        source = (Path(api_module.__file__).parent / name).read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in function_names:
+                for call in ast.walk(node):
+                    if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                            and call.func.id in ("error", "ActionError") and call.args
+                            and isinstance(call.args[0], ast.Constant)):
+                        found.add(str(call.args[0].value))
+    return found
+
+
+def test_openapi_documents_every_status_an_action_can_answer(web: WebNode) -> None:
+    from_source = statuses_in_source({"action", "_actor", "perform"})
+    middleware = {"413", "429"}                             # BodyLimit and BearerGuard, before any handler
+    assert {"400", "401", "403", "409"} <= from_source, from_source   # the parse found the handlers' calls
+    for action in ("retry", "resend", "discard"):
+        documented = set(PATHS[f"/api/series/{{series_uid}}/{action}"]["post"]["responses"])
+        assert from_source | middleware | {"200"} <= documented, (action, documented)
+    check = set(PATHS["/api/destinations/{name}/check"]["post"]["responses"])
+    assert statuses_in_source({"check", "_actor", "check_destination"}) | middleware | {"200"} <= check
+
+
+def test_openapi_documents_the_resend_destination(web: WebNode) -> None:
+    op = PATHS["/api/series/{series_uid}/resend"]["post"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["destination"]["in"] == "query" and params["destination"]["required"] is False
+    assert "destination" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    for other in ("retry", "discard"):
+        names = {p["name"] for p in PATHS[f"/api/series/{{series_uid}}/{other}"]["post"]["parameters"]}
+        assert "destination" not in names
+    listing = {p["name"]: p["schema"] for p in PATHS["/api/series"]["get"]["parameters"]}
+    assert listing["offset"]["maximum"] == 10**9 and listing["limit"]["maximum"] == 1000
+
+
+def test_action_statuses_seen_are_documented(web: WebNode) -> None:
+    """Drive each refusal of POST /api/series/{uid}/resend and check the status is in the document."""
+    documented = set(PATHS["/api/series/{series_uid}/resend"]["post"]["responses"])
+    url = f"/api/series/{web.done_uid}/resend"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    seen = {
+        web.client.post(url).status_code,                                                # 401: no login
+        web.client.post(url, headers=bearer, content=b"not json").status_code,           # 400
+        web.client.post(url, headers=bearer, json=["pacs"]).status_code,                 # 400
+        web.client.post(url, headers=bearer, json={"destination": "nowhere"}).status_code,   # 409
+        web.client.post(url, headers=bearer, params={"destination": "nowhere"}).status_code,  # 409
+        web.client.post("/api/series/1.2.3/resend", headers=bearer).status_code,         # 404
+        web.client.post(url, headers=bearer, content=b" " * 20000).status_code,         # 413
+    }
+    assert seen == {400, 401, 404, 409, 413}, seen
+    assert {str(s) for s in seen} <= documented

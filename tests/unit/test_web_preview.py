@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +12,16 @@ import pytest
 
 from dicom_node.web.preview import (
     TARGET_WIDTH_PX,
+    VIEWS,
     PreviewError,
-    SectionCache,
     Sections,
     load_sections,
     lung_window,
     png_bytes,
     render,
+    sample_files,
 )
+from dicom_node.web.preview_queue import PreviewBusyError, PreviewQueue
 from tests.support.ct_series import make_ct_series
 
 
@@ -87,12 +92,82 @@ def test_unreadable_files_are_a_preview_error(tmp_path: Path) -> None:
         load_sections([])
 
 
-def test_section_cache_loads_once(tmp_path: Path) -> None:
+def test_sample_files_spreads_evenly_and_keeps_both_ends() -> None:
+    files = [Path(f"{i:03d}.dcm") for i in range(801)]
+    picked = sample_files(files, 256)
+    assert len(picked) == 256 == len(set(picked))
+    assert picked[0] == files[0] and picked[-1] == files[-1]
+    steps = np.diff([int(p.stem) for p in picked])
+    assert set(steps.tolist()) <= {3, 4}                        # every third or fourth slice
+    assert sample_files(files[:10], 256) == files[:10]
+    with pytest.raises(ValueError, match="max_slices must be at least 2, got 1"):
+        sample_files(files, 1)
+
+
+def test_long_series_are_sampled_at_true_proportions(tmp_path: Path) -> None:
+    files = write(make_ct_series(slices=60, rows=16, cols=20, spacing_mm=1.0, pixel_spacing=(1.0, 1.0)), tmp_path)
+    read = set(sample_files(files, 16))
+    for path in files:
+        if path not in read:
+            path.write_bytes(b"not DICOM: reading this file would fail the load")
+    sampled = load_sections(files, max_slices=16)
+    assert sampled.slices == 16 and sampled.left_out == 44
+    assert sampled.slice_spacing_mm == pytest.approx(59 / 15)
+    full_height_px = round(60 * 1.0 * TARGET_WIDTH_PX / 20)
+    assert abs(render(sampled, "coronal").size[1] - full_height_px) <= TARGET_WIDTH_PX / 20 * 59 / 15
+    with pytest.raises(PreviewError, match="cannot read"):
+        load_sections(files)                                    # unsampled, it would read them all
+
+
+def test_preview_queue_renders_once_and_caches(tmp_path: Path) -> None:
     files = write(make_ct_series(slices=3, rows=8, cols=8), tmp_path)
-    cache = SectionCache(capacity=1)
-    first = cache.get("a", files)
-    for f in files:
-        f.unlink()
-    assert cache.get("a", files) is first                      # served from the cache, files not read
-    with pytest.raises(PreviewError):
-        cache.get("b", files)                                   # a new key reads (and the files are gone)
+    queue = PreviewQueue(max_slices=16, wait_s=10.0)
+    try:
+        first = asyncio.run(queue.pngs("a", lambda: files))
+        assert set(first) == set(VIEWS) and all(png.startswith(b"\x89PNG") for png in first.values())
+        for f in files:
+            f.unlink()
+        assert asyncio.run(queue.pngs("a", lambda: files)) is first    # from the cache, files not read
+        assert queue.renders == 1
+        with pytest.raises(PreviewError):
+            asyncio.run(queue.pngs("b", lambda: files))                 # a new key reads (and the files are gone)
+    finally:
+        queue.close()
+
+
+def test_preview_queue_refuses_quickly_when_busy(tmp_path: Path) -> None:
+    files = write(make_ct_series(slices=3, rows=8, cols=8), tmp_path)
+    release = threading.Event()
+
+    def slow_listing() -> list[Path]:
+        assert release.wait(30), "the test never released the render"
+        return files
+
+    queue = PreviewQueue(max_slices=16, wait_s=0.3, max_queued=1)
+
+    async def scenario() -> tuple[list[BaseException | dict[str, bytes]], float]:
+        started = time.monotonic()
+        results = await asyncio.gather(queue.pngs("slow", slow_listing), queue.pngs("slow", slow_listing),
+                                       queue.pngs("other", lambda: files), return_exceptions=True)
+        return list(results), time.monotonic() - started
+
+    try:
+        results, elapsed = asyncio.run(scenario())
+        assert elapsed < 2.0
+        messages = [str(r) for r in results if isinstance(r, PreviewBusyError)]
+        assert len(messages) == 3 and all(isinstance(r, PreviewBusyError) for r in results)
+        assert sum("still being drawn after 0.3 s" in m for m in messages) == 2      # one render, two waiters
+        assert sum("1 previews are being drawn" in m for m in messages) == 1         # the queue is full
+        assert queue.renders == 1
+        release.set()                                   # the render outlives its requests and fills the cache
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                cached = asyncio.run(queue.pngs("slow", slow_listing))
+                break
+            except PreviewBusyError:
+                assert time.monotonic() < deadline, "the render never finished"
+        assert set(cached) == set(VIEWS) and queue.renders == 1
+    finally:
+        release.set()
+        queue.close()

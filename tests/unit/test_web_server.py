@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -44,3 +46,58 @@ def test_a_busy_port_fails_at_start(tmp_path: Path) -> None:
         node = Node(parse_config(config(tmp_path, port=busy.getsockname()[1])))
         with pytest.raises(OSError):
             WebServer(node).start()
+
+
+def test_health_answers_while_the_thread_pool_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 requests stuck in a sync handler fill Starlette's 40-thread pool; /healthz and /readyz still answer."""
+    node = Node(parse_config(config(tmp_path)))
+    node.start()
+    release = threading.Event()
+    stuck: list[socket.socket] = []
+    try:
+        server: WebServer = node.web
+        ctx = server.app.state.ctx
+        real_overview = ctx.overview
+        inside: list[int] = []
+
+        def blocked_overview() -> object:
+            inside.append(threading.get_ident())       # list.append is atomic
+            release.wait(60)
+            return real_overview()
+
+        monkeypatch.setattr(ctx, "overview", blocked_overview)
+        for _ in range(60):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /api/overview HTTP/1.1\r\nHost: node\r\n\r\n")
+            stuck.append(sock)
+        deadline = time.monotonic() + 10
+        while len(inside) < 40:           # the pool's 40 threads (AnyIO's default) all stuck
+            assert time.monotonic() < deadline, f"only {len(inside)} requests reached the handler"
+            time.sleep(0.02)
+        for path, status in (("/healthz", 200), ("/readyz", 200)):
+            started = time.monotonic()
+            assert httpx.get(f"{server.url}{path}", timeout=5).status_code == status
+            assert time.monotonic() - started < 1.0, path
+
+        checking = threading.Event()
+
+        def hung_readiness(*_args: object) -> list[object]:
+            checking.set()
+            release.wait(60)
+            return []
+
+        monkeypatch.setattr("dicom_node.web.status.readiness", hung_readiness)
+        ctx.readiness.timeout_s = 0.5
+        started = time.monotonic()
+        hung = httpx.get(f"{server.url}/readyz", timeout=5)
+        assert hung.status_code == 503 and time.monotonic() - started < 2.0
+        assert hung.json()["reasons"] == ["the readiness checks did not finish within 0.5 s "
+                                          "(database or disk not answering)"]
+        assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503      # shares the hung run
+        assert checking.is_set()
+    finally:
+        release.set()
+        for sock in stuck:
+            sock.close()
+        node.stop(drain_s=2.0)
+
