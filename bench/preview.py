@@ -30,7 +30,6 @@ import httpx  # noqa: E402
 from dicom_node.app import Node  # noqa: E402
 from dicom_node.config import parse_config  # noqa: E402
 from dicom_node.web.preview import VIEWS, load_sections, png_bytes, render  # noqa: E402
-from dicom_node.write import derived_files  # noqa: E402
 from tests.integration.conftest import send_series, wait_until  # noqa: E402
 from tests.support.ct_series import make_ct_series  # noqa: E402
 
@@ -75,7 +74,7 @@ def main() -> None:
                         print(f"{which:6} {view:8} HTTP {response.status_code} {len(response.content):7d} B "
                               f"{elapsed:6.2f} s")
             assert derived is not None
-            files = derived_files(node.spool.derived_dir(derived.derived_series_uid))
+            files = node.spool.derived_files(derived.derived_series_uid)
             limit = node.cfg.web.preview_max_slices
             times: dict[str, list[tuple[float, float]]] = {"all": [], "sampled": []}
             for _ in range(args.repeats):

@@ -22,13 +22,12 @@ from pynetdicom import _config as pynetdicom_config
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.errors import StartupError
-from dicom_node.ledger import Ledger, RecordOutcome, open_engine
+from dicom_node.ledger import RecordOutcome, open_ledger
 from dicom_node.metrics import NodeMetrics
 from dicom_node.preflight import listen_error
 from dicom_node.ratelog import RateLimitedLog
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
-from dicom_node.send import remove_derived
 from dicom_node.sending import Destination, SendStage
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.stage import Stage, StageHealth, Supervisor
@@ -63,7 +62,7 @@ class Node:
         self.cfg = cfg
         self.clock = clock
         self.spool = Spool(cfg.storage_dir, fsync=cfg.node.fsync)
-        self.ledger = Ledger(open_engine(cfg.database_url))
+        self.ledger = open_ledger(cfg.database_url, migrate=True)    # the node serves: it migrates
         self.lease_s = cfg.database.lease_s
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -204,7 +203,7 @@ class Node:
         cutoff = self.clock() - self.cfg.retention.done_days * 86400
         for source_uid, derived_uid in self.ledger.purge_done(cutoff):
             self.spool.remove_source(source_uid)
-            remove_derived(self.spool.derived_dir(derived_uid))
+            self.spool.remove_derived(derived_uid)
             logger.info("retention: removed series %s and its derived series %s", source_uid, derived_uid)
 
     def _heartbeat(self) -> None:

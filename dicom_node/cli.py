@@ -22,6 +22,8 @@ from types import FrameType
 
 from dicom_node.config import DEFAULT_CONFIG, NodeConfig, load_config, redact_url, to_dict
 from dicom_node.errors import ConfigError, StartupError
+from dicom_node.ledger import Ledger
+from dicom_node.ledger.db import LedgerSchemaError
 from dicom_node.ledger_check import check_ledger
 from dicom_node.logcontext import SeriesFilter
 from dicom_node.nodelock import LockBusyError, NodeLock, node_running
@@ -183,11 +185,24 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failures else 0
 
 
-def _open_ledger(cfg: NodeConfig):  # type: ignore[no-untyped-def]
-    from dicom_node.ledger import Ledger, open_engine
+def _open_ledger(cfg: NodeConfig) -> Ledger:
+    """The ledger for a command that does not serve: checked, never migrated (nor made afresh)."""
+    from dicom_node.ledger import open_ledger
 
     _check_ledger(cfg)           # never make a fresh ledger over a damaged one
-    return Ledger(open_engine(cfg.database_url))
+    return open_ledger(cfg.database_url, migrate=False)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from dicom_node.ledger import head_revision, open_engine, schema_revision, upgrade_schema
+
+    cfg = _load(args)
+    _check_ledger(cfg)
+    engine = open_engine(cfg.database_url)
+    before = schema_revision(engine)
+    upgrade_schema(engine)
+    print(f"{redact_url(cfg.database_url)}: schema {before or 'none'} -> {head_revision()}")
+    return 0
 
 
 def _cmd_rebuild_ledger(args: argparse.Namespace) -> int:
@@ -213,48 +228,41 @@ def _cmd_rebuild_ledger(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from dicom_node.ledger import queries
+
     ledger = _open_ledger(_load(args))
-    rows = ledger.summaries(limit=args.limit)
-    if args.state:
-        rows = [r for r in rows if r.state == args.state]
+    try:
+        rows, total = queries.list_series(ledger.engine, state=args.state, limit=args.limit)
+    except ValueError as exc:                    # an unknown state or a limit out of range
+        print(f"list: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
     print(f"{'series':<64} {'state':<12} {'inst':>5} {'out':>5}  reason / sends")
     for r in rows:
-        sends = ", ".join(f"{d}={s}({a})" for d, s, a, _ in r.sends)
+        sends = ", ".join(f"{j.destination}={j.state}({j.attempts})" for j in r.sends)
         print(f"{r.series_uid:<64} {r.state:<12} {r.instance_count:>5} {r.derived_count:>5}  "
               f"{r.reason or sends}")
+    if total > len(rows):
+        print(f"({len(rows)} of {total}; --limit shows more)")
     return 0
 
 
-def _cmd_discard(args: argparse.Namespace) -> int:
-    from dicom_node.send import remove_derived
+def _cmd_action(args: argparse.Namespace) -> int:
+    """retry | resend | discard, through dicom_node.admin (the web's actions do the same)."""
+    from dicom_node import admin
     from dicom_node.spool import Spool
 
     cfg = _load(args)
     ledger = _open_ledger(cfg)
     try:
-        derived = ledger.discard(args.series_uid)
-    except (KeyError, ValueError) as exc:
-        print(str(exc).strip("'\""), file=sys.stderr)
+        done = admin.perform(ledger, Spool(cfg.storage_dir), args.command, args.series_uid, now=time.time(),
+                             destinations=cfg.destination_names(), destination=getattr(args, "destination", None))
+    except admin.AdminError as exc:
+        print(exc.message, file=sys.stderr)
         return EXIT_FAILURE
-    spool = Spool(cfg.storage_dir)
-    spool.remove_source(args.series_uid)
-    if derived:
-        remove_derived(spool.derived_dir(derived))
-    print(f"{args.series_uid}: discarded (ledger rows and files removed)")
-    return 0
-
-
-def _cmd_retry(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    ledger = _open_ledger(cfg)
-    try:
-        print(f"{args.series_uid}: {ledger.retry(args.series_uid, time.time())}")
-    except (KeyError, ValueError) as exc:
-        print(str(exc).strip("'\""), file=sys.stderr)
-        return EXIT_FAILURE
+    print(f"{args.series_uid}: {done.message}")
     return 0
 
 
@@ -291,10 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_cmd_list)
     retry = with_config(sub.add_parser("retry", help="re-queue a failed or rejected series"))
     retry.add_argument("series_uid")
-    retry.set_defaults(func=_cmd_retry)
+    retry.set_defaults(func=_cmd_action)
+    resend = with_config(sub.add_parser("resend", help="send a done or failed series' derived series again"))
+    resend.add_argument("series_uid")
+    resend.add_argument("--destination", help="only to this destination (default: every one it went to)")
+    resend.set_defaults(func=_cmd_action)
     discard = with_config(sub.add_parser("discard", help="remove a done, failed or rejected series and its files"))
     discard.add_argument("series_uid")
-    discard.set_defaults(func=_cmd_discard)
+    discard.set_defaults(func=_cmd_action)
+    migrate = with_config(sub.add_parser("migrate", help="bring the ledger's schema up to date (the node also "
+                                                         "does at start-up)"))
+    migrate.set_defaults(func=_cmd_migrate)
     rebuild = with_config(sub.add_parser(
         "rebuild-ledger", help="make a new ledger from the spool when state.db is lost or damaged (nodes stopped)"))
     rebuild.add_argument("--force", action="store_true", help="rebuild even a ledger that passes its checks")
@@ -313,5 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"cannot start: {exc}" if args.command in ("run", "worker") else f"{args.command}: {exc}",
               file=sys.stderr)
+        return EXIT_FAILURE
+    except LedgerSchemaError as exc:             # a read-only command on a ledger that needs `migrate`
+        print(f"{args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from dicom_node.errors import StartupError
+from dicom_node.spool import STAGING_PREFIX
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 LEDGER_TABLES = ("alembic_version", "series", "instances", "send_jobs")
@@ -60,7 +61,7 @@ def spool_work(storage_dir: Path) -> SpoolWork:
         n = 0
         if folder.is_dir():
             with os.scandir(folder) as entries:
-                n = sum(1 for e in entries if e.is_dir() and not e.name.startswith(".tmp-"))
+                n = sum(1 for e in entries if e.is_dir() and not e.name.startswith(STAGING_PREFIX))
         counts.append(n)
     return SpoolWork(*counts)
 

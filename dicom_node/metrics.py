@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dicom_node.ledger import Ledger
+from dicom_node.ledger import Ledger, queries
 
 WEB_AUTH_KINDS = ("login", "bearer")
 SYNTH_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -22,13 +22,14 @@ class _LedgerCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_state = GaugeMetricFamily("dicom_node_series", "Series in the ledger by state", labels=["state"])
-        for state, n in sorted(self._ledger.state_counts().items()):
+        for state, n in sorted(queries.series_counts(self._ledger.engine).items()):   # every state, 0 too
             by_state.add_metric([state], n)
         yield by_state
         queues = GaugeMetricFamily("dicom_node_send_queue", "Send jobs by destination and state",
                                    labels=["destination", "state"])
-        for (dest, state), n in sorted(self._ledger.send_counts().items()):
-            queues.add_metric([dest, state], n)
+        for dest, counts in sorted(queries.send_counts(self._ledger.engine, []).items()):
+            for state, n in sorted(counts.items()):
+                queues.add_metric([dest, state], n)
         yield queues
         usage = shutil.disk_usage(self._storage_dir)
         disk = GaugeMetricFamily("dicom_node_disk_used_ratio", "Used fraction of the storage_dir file system")

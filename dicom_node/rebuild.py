@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig, redact_url
 from dicom_node.errors import NodeError
-from dicom_node.ledger import InstanceRow, JobState, Ledger, SendJobRow, SeriesRow, SeriesState, open_engine
+from dicom_node.ledger import InstanceRow, JobState, SendJobRow, SeriesRow, SeriesState, open_engine, upgrade_schema
+from dicom_node.ledger.db import MIGRATION_LOCK
 from dicom_node.ledger_check import ledger_problem, spool_work, sqlite_path
 from dicom_node.nodelock import LockBusyError, NodeLock
 from dicom_node.rebuild_scan import SeriesPlan, SpoolScan, scan_spool
@@ -39,7 +40,6 @@ from dicom_node.spool import Spool
 logger = logging.getLogger(__name__)
 
 SIDE_FILES = ("", "-wal", "-shm")       # a SQLite database and its WAL companions move together
-MIGRATION_LOCK = 726172                 # the advisory lock ledger.upgrade_schema takes on PostgreSQL
 
 
 class RebuildError(NodeError):
@@ -89,7 +89,7 @@ def _rebuild_sqlite(cfg: NodeConfig, path: Path, now: float, force: bool) -> Reb
     scan = scan_spool(Spool(cfg.storage_dir))
     engine = open_engine(building)
     try:
-        Ledger(engine)                                             # creates the schema (Alembic)
+        upgrade_schema(engine)                                     # creates the schema (Alembic)
         report = _write(engine, scan, cfg, now, str(path), require_empty=False)
     finally:
         engine.dispose()
@@ -127,7 +127,7 @@ def _rebuild_server(cfg: NodeConfig, now: float) -> RebuildReport:
     try:
         engine = open_engine(cfg.database_url)
         try:
-            Ledger(engine)
+            upgrade_schema(engine)
             return _write(engine, scan_spool(Spool(cfg.storage_dir)), cfg, now, shown, require_empty=True)
         finally:
             engine.dispose()

@@ -26,9 +26,8 @@ import pydicom
 
 from dicom_node.delivery import Delivery, deliveries
 from dicom_node.ledger import SeriesState
-from dicom_node.spool import Spool
+from dicom_node.spool import MANIFEST, STAGING_PREFIX, Spool, manifest_files
 from dicom_node.uids import checked_uid
-from dicom_node.write import MANIFEST, derived_files
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def _series_dirs(area: Path) -> list[str]:
     if not area.is_dir():
         return []
     with os.scandir(area) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".tmp-"))
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(STAGING_PREFIX))
 
 
 def _digest(path: Path) -> str:
@@ -93,7 +92,7 @@ def _header(path: Path, *tags: str) -> pydicom.Dataset:
 
 
 def _read_derived(directory: Path, warnings: list[str]) -> DerivedCopy | None:
-    files = derived_files(directory)
+    files = manifest_files(directory)
     if not files:
         warnings.append(f"derived/{directory.name}: no {MANIFEST}; left in place, not in the ledger")
         return None

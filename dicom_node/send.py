@@ -7,7 +7,6 @@ many instances were taken and what the last failure was, so the ledger can retry
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,12 +123,3 @@ def send_folder(files: list[Path], dest: FolderDestinationSection, series_uid: s
             raise
         return SendReport(dest.name, len(files), 0, "write-failed", f"{target}: {exc.strerror}")
     return SendReport(dest.name, len(files), len(files), "ok", "")
-
-
-def remove_derived(directory: Path) -> None:
-    """Delete a derived series' working copy once every destination has it."""
-    if directory.is_dir():
-        shutil.rmtree(directory, ignore_errors=True)
-    tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,6 @@ from dicom_node.send import SendReport, send_dicom, send_folder
 from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite
 from dicom_node.transient import is_transient
-from dicom_node.write import derived_files
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class SendStage:
         return None
 
     def _deliver(self, claim: SendClaim) -> SendReport:
-        files = derived_files(self._spool.derived_dir(claim.derived_series_uid))
+        files = self._spool.derived_files(claim.derived_series_uid)
         if not files:
             return SendReport(self.dest.name, 0, 0, "derived-missing", "the derived series files are missing")
         if isinstance(self.dest, FolderDestinationSection):

@@ -1,8 +1,11 @@
-"""The spool: received bytes on disk, written atomically, one folder per series.
+"""The spool: every file the node keeps, written atomically, one folder per series. The only module
+that knows the layout:
 
 incoming/<series_uid>/<sop_uid>.dcm     received instances (exact bytes received, with file meta)
 rejected/<series_uid>/                  a series we cannot process, with a `reason` file
-derived/<derived_series_uid>/           the derived series we wrote, until sent everywhere
+derived/<derived_series_uid>/           the derived series we wrote, until retention removes it:
+    <sop_uid>.dcm, manifest.txt         its instances, and their SOP UIDs in slice order
+derived/.tmp-<derived_series_uid>/      a derived series being written (published by one rename)
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+MANIFEST = "manifest.txt"       # SOP Instance UIDs of a derived series in slice order: a sender needs no sorting
+STAGING_PREFIX = ".tmp-"        # files and folders being written; never read as data
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +38,7 @@ def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryv
 
     Returns the file's mtime_ns."""
     parts = [data] if isinstance(data, bytes | memoryview) else list(data)
-    tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")   # unique per writing thread
+    tmp = path.with_name(f"{STAGING_PREFIX}{path.name}-{threading.get_ident()}")   # unique per writing thread
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
@@ -85,7 +91,7 @@ class Spool:
             if not series_dir.is_dir():
                 continue
             for entry in os.scandir(series_dir.path):
-                if entry.name.startswith(".tmp-"):
+                if entry.name.startswith(STAGING_PREFIX):
                     Path(entry.path).unlink(missing_ok=True)
                 elif entry.name.endswith(".dcm"):
                     yield series_dir.name, entry.name[:-4], Path(entry.path), entry.stat().st_mtime_ns
@@ -110,9 +116,69 @@ class Spool:
         atomic_write(target / "reason", f"{reason}\n{detail}\n".encode(), fsync=self._fsync)
         return target
 
+    def remove_source(self, series_uid: str) -> None:
+        """Delete a series' received (and rejected) instances."""
+        for folder in (self.incoming / series_uid, self.rejected / series_uid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- derived series -----------------------------------------------------------------------
     def derived_dir(self, derived_series_uid: str) -> Path:
         return self.derived / derived_series_uid
 
-    def remove_source(self, series_uid: str) -> None:
-        for folder in (self.incoming / series_uid, self.rejected / series_uid):
-            shutil.rmtree(folder, ignore_errors=True)
+    def derived_uids(self) -> list[str]:
+        """The derived series published in the spool (not those being written)."""
+        return sorted(e.name for e in os.scandir(self.derived) if e.is_dir() and not e.name.startswith(STAGING_PREFIX))
+
+    def stage_derived(self, derived_series_uid: str) -> Path:
+        """An empty folder to write a derived series into (a previous unfinished one is removed)."""
+        staging = self.derived / f"{STAGING_PREFIX}{derived_series_uid}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def publish_derived(self, derived_series_uid: str, sop_uids: Sequence[str]) -> Path:
+        """Write the manifest, make the staged series durable, and put it in place of any older copy."""
+        staging = self.derived / f"{STAGING_PREFIX}{derived_series_uid}"
+        atomic_write(staging / MANIFEST, "\n".join(sop_uids).encode() + b"\n", fsync=False)
+        _fsync_folder(staging)
+        final = self.derived_dir(derived_series_uid)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return final
+
+    def discard_staged(self, derived_series_uid: str) -> None:
+        """Give a half-written derived series' space back."""
+        shutil.rmtree(self.derived / f"{STAGING_PREFIX}{derived_series_uid}", ignore_errors=True)
+
+    def derived_files(self, derived_series_uid: str) -> list[Path]:
+        """The files of a derived series in slice order (from its manifest); [] when it is not held."""
+        return manifest_files(self.derived_dir(derived_series_uid))
+
+    def remove_derived(self, derived_series_uid: str) -> None:
+        """Delete a derived series (and any unfinished copy of it)."""
+        shutil.rmtree(self.derived_dir(derived_series_uid), ignore_errors=True)
+        self.discard_staged(derived_series_uid)
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    """The files a derived series folder's manifest lists, in slice order; [] without a manifest."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return []
+    return [directory / f"{uid}.dcm" for uid in manifest.read_text(encoding="ascii").split()]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Every file in `folder`, then the folder itself, on disk."""
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

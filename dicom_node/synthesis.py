@@ -111,9 +111,10 @@ class SynthesisStage:
             synth_started = time.monotonic()
             thin = self._synthesizer(volume, progress=_log_progress)
             synth_s = time.monotonic() - synth_started
-            derived = write_derived_series(thin, source, self._synthesizer.identity, self._synthesizer.factor,
-                                           self._spool.derived, self._cfg.node.uid_root,
-                                           self._cfg.series.series_number_offset)
+            derived = write_derived_series(thin, source, identity=self._synthesizer.identity,
+                                           factor=self._synthesizer.factor, spool=self._spool,
+                                           uid_root=self._cfg.node.uid_root,
+                                           series_number_offset=self._cfg.series.series_number_offset)
         except SynthesisRefusedError as exc:
             self._metrics.series.labels("rejected").inc()
             return Rejection(exc.reason, str(exc))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime
 import io
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 import dicom_node
 from dicom_node.assemble import SourceSeries
 from dicom_node.provenance import DERIVATION_PREFIX, MANUFACTURER, MODEL_NAME
-from dicom_node.spool import atomic_write
+from dicom_node.spool import Spool, atomic_write
 from dicom_node.uids import derived_uid
 from synth.seam import SynthIdentity
 from synth.volume import CTVolume
@@ -49,17 +47,6 @@ TYPE2_DEFAULTS = (
     "AcquisitionNumber", "KVP",
 )
 INT16_MIN, INT16_MAX = -32768, 32767     # what 16-bit signed pixels can hold (not a HU window)
-MANIFEST = "manifest.txt"     # SOP Instance UIDs in slice order, so a sender needs no sorting
-
-
-def derived_files(directory: Path) -> list[Path]:
-    """The files of a derived series in slice order (from its manifest)."""
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return []
-    return [directory / f"{uid}.dcm" for uid in manifest.read_text(encoding="ascii").split()]
-
-
 @dataclass(frozen=True, slots=True)
 class DerivedSeries:
     series_uid: str
@@ -186,10 +173,10 @@ def _references(source: SourceSeries, indices: list[int]) -> tuple[Sequence, Seq
     return Sequence(images), Sequence([series])
 
 
-def write_derived_series(volume: CTVolume, source: SourceSeries, identity: SynthIdentity, factor: int,
-                         out_root: Path, uid_root: str = "", series_number_offset: int = 1000,
+def write_derived_series(volume: CTVolume, source: SourceSeries, *, identity: SynthIdentity, factor: int,
+                         spool: Spool, uid_root: str = "", series_number_offset: int = 1000,
                          now: datetime.datetime | None = None) -> DerivedSeries:
-    """Write one file per thin slice into `out_root/<derived series uid>/`, replacing a previous copy."""
+    """Write one file per thin slice into the spool's derived series, replacing a previous copy."""
     n_thick = len(source.sop_uids)
     n_thin = volume.shape[0]
     if n_thin != factor * (n_thick - 1) + 1:
@@ -198,27 +185,20 @@ def write_derived_series(volume: CTVolume, source: SourceSeries, identity: Synth
     series_uid = derived_series_uid(source.series_uid, identity, uid_root)
     base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset)
     pixels = np.clip(np.rint(volume.hu), INT16_MIN, INT16_MAX).astype("<i2")
-
-    tmp = out_root / f".tmp-{series_uid}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    staging = spool.stage_derived(series_uid)
     try:
-        sop_uids = _write_slices(tmp, base, pixels, source=source, factor=factor, series_uid=series_uid,
+        sop_uids = _write_slices(staging, base, pixels, source=source, factor=factor, series_uid=series_uid,
                                  uid_root=uid_root)
-        _fsync_dir_files(tmp)
+        final = spool.publish_derived(series_uid, sop_uids)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)      # a half-written series gives its space back at once
+        spool.discard_staged(series_uid)       # a half-written series gives its space back at once
         raise
-    final = out_root / series_uid
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
     return DerivedSeries(series_uid, final, tuple(sop_uids))
 
 
 def _write_slices(tmp: Path, base: Dataset, pixels: npt.NDArray[np.int16], *, source: SourceSeries, factor: int,
                   series_uid: str, uid_root: str) -> list[str]:
-    """One file per thin slice into `tmp`, then the manifest; returns the SOP Instance UIDs in order."""
+    """One file per thin slice into `tmp`; returns the SOP Instance UIDs in slice order."""
     n_thin = pixels.shape[0]
     step_mm = source.spacing_mm / factor
     first = np.array(source.first_position_mm)
@@ -245,20 +225,4 @@ def _write_slices(tmp: Path, base: Dataset, pixels: npt.NDArray[np.int16], *, so
         ds.save_as(buffer, enforce_file_format=True)
         atomic_write(tmp / f"{sop_uid}.dcm", buffer.getbuffer(), fsync=False)
         sop_uids.append(sop_uid)
-    atomic_write(tmp / MANIFEST, "\n".join(sop_uids).encode() + b"\n", fsync=False)
     return sop_uids
-
-
-def _fsync_dir_files(folder: Path) -> None:
-    """Make the whole derived series durable before the ledger says it exists."""
-    for path in folder.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

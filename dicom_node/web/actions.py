@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicom_node.send import echo, remove_derived
+from dicom_node import admin
+from dicom_node.admin import Done, Refusal
+from dicom_node.send import echo
 
 if TYPE_CHECKING:
     from dicom_node.app import Node
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("retry", "resend", "discard")
 ECHO_TIMEOUT_S = 10.0
+HTTP_STATUS = {Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409}
 
 
 class ActionError(Exception):
@@ -33,38 +35,17 @@ class ActionError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    series_uid: str
-    action: str
-    message: str
-
-
 def perform(node: Node, action: str, series_uid: str, *, destination: str | None = None,
-            who: str = "") -> ActionResult:
-    """Run one action; raises ActionError (unknown series → 404, wrong state or destination → 409)."""
-    if action not in ACTIONS:
-        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
-    now = node.clock()
+            who: str = "") -> Done:
+    """Run one action (dicom_node.admin); raises ActionError (unknown series → 404, wrong state or
+    destination → 409)."""
     try:
-        if action == "retry":
-            message = node.ledger.retry(series_uid, now)
-        elif action == "resend":
-            if destination is not None and destination not in node.cfg.destination_names():
-                raise ActionError(409, f"no destination named {destination!r} is configured")
-            message = node.ledger.resend(series_uid, now, destination)
-        else:  # discard
-            derived = node.ledger.discard(series_uid)
-            node.spool.remove_source(series_uid)
-            if derived:
-                remove_derived(node.spool.derived_dir(derived))
-            message = "discarded (ledger rows and files removed)"
-    except KeyError as exc:
-        raise ActionError(404, str(exc).strip("'\"")) from exc
-    except ValueError as exc:
-        raise ActionError(409, str(exc)) from exc
-    logger.info("web: %s on series %s by %s: %s", action, series_uid, who or "unknown caller", message)
-    return ActionResult(series_uid, action, message)
+        done = admin.perform(node.ledger, node.spool, action, series_uid, now=node.clock(),
+                             destinations=node.cfg.destination_names(), destination=destination)
+    except admin.AdminError as exc:
+        raise ActionError(HTTP_STATUS[exc.refusal], exc.message) from exc
+    logger.info("web: %s on series %s by %s: %s", action, series_uid, who or "unknown caller", done.message)
+    return done
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dicom_node.web import queries
-from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
+from dicom_node.admin import ACTIONS
+from dicom_node.ledger import queries
+from dicom_node.web.actions import ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_HEADER, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of, series_json
 from dicom_node.web.limits import int_param

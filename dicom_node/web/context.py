@@ -15,12 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
-from dicom_node.web import queries
+from dicom_node.ledger import queries
+from dicom_node.ledger.queries import SendView, SeriesView, Throughput, read_engine
 from dicom_node.web.auth import Auth, Identity
 from dicom_node.web.guard import AuthGuard
 from dicom_node.web.preview import VIEWS
 from dicom_node.web.preview_queue import PreviewQueue
-from dicom_node.web.queries import SendView, SeriesView, Throughput, read_engine
 from dicom_node.web.status import (
     Check,
     DestinationInfo,
@@ -38,7 +38,6 @@ from dicom_node.web.status import (
     software_version,
 )
 from dicom_node.web.throttle import AuthThrottle
-from dicom_node.write import derived_files
 
 if TYPE_CHECKING:
     from dicom_node.app import Node
@@ -189,7 +188,7 @@ class WebContext:
         if which == "output":
             if not view.derived_series_uid:
                 return []
-            return derived_files(self.node.spool.derived_dir(view.derived_series_uid))
+            return self.node.spool.derived_files(view.derived_series_uid)
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
 
     def series_detail(self, series_uid: str, identity: Identity) -> SeriesDetail:

@@ -10,7 +10,7 @@ from typing import Any
 
 import dicom_node
 from dicom_node.config import WebSection
-from dicom_node.web.queries import MAX_LIMIT, MAX_OFFSET
+from dicom_node.ledger.queries import MAX_LIMIT, MAX_OFFSET
 
 _UID = {"type": "string", "pattern": r"^[0-9.]{1,64}$", "description": "a DICOM UID"}
 _TIME = {"type": "number", "description": "seconds since the Unix epoch"}

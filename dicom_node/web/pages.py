@@ -10,8 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from dicom_node.web import queries
-from dicom_node.web.actions import ACTIONS, ActionError, check_destination, perform
+from dicom_node import admin
+from dicom_node.admin import ACTIONS
+from dicom_node.ledger import TERMINAL, queries
+from dicom_node.web.actions import ActionError, check_destination, perform
 from dicom_node.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, Identity
 from dicom_node.web.context import NotFoundError, WebContext, context_of
 from dicom_node.web.guard import client_host, retry_after_header
@@ -85,15 +87,11 @@ def series_page(request: Request) -> Response:
     except NotFoundError as exc:
         return _error_page(request, ctx, identity, 404, str(exc))
     state = detail.series.state
-    allowed = {
-        "retry": state in ("failed", "rejected"),
-        "resend": state in ("done", "failed") and bool(detail.series.sends),
-        "discard": state in ("done", "failed", "rejected"),
-    }
+    allowed = admin.allowed(state, has_sends=bool(detail.series.sends))
     return _render(request, ctx, identity, "series.html", title=f"Series {uid}", d=detail, s=detail.series,
                    allowed=allowed, destination_names=ctx.node.cfg.destination_names(),
                    show_patient=ctx.auth.patient_data_visible(identity),
-                   refresh_s=0 if state in ("done", "failed", "rejected") else 5)   # follow work in progress
+                   refresh_s=0 if state in TERMINAL else 5)   # follow work in progress
 
 
 def destinations(request: Request) -> Response:

@@ -18,8 +18,8 @@ import pydicom
 from sqlalchemy import Engine
 
 import dicom_node
+from dicom_node.ledger.queries import ping
 from dicom_node.receive import STATUS_SUCCESS
-from dicom_node.web.queries import ping
 
 if TYPE_CHECKING:
     from dicom_node.app import Node

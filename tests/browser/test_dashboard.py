@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
+from tests.support.ledger import view as ledger_view
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
 from tests.support.ct_series import make_ct_series
 
@@ -81,7 +82,7 @@ def test_dashboard_previews_login_and_retry(browser: Browser, node: Node, pacs: 
     assert send_series(source, node.scp.port) == [0] * len(source)
 
     def state() -> str | None:
-        summary = node.ledger.summary(uid)
+        summary = ledger_view(node.ledger, uid)
         return None if summary is None else summary.state
 
     wait_until(lambda: state() == "failed", 30.0, "the series to fail against the 0xA700 destination")

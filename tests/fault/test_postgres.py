@@ -41,7 +41,8 @@ def test_node_on_postgres_delivers(node_factory: NodeFactory, pacs_factory: Pacs
     assert pacs.sop_uids() == pacs.sop_uids(str(row["derived_series_uid"])) and pacs.count() == derived_count(6)
     assert not (node.storage_dir / "state.db").exists()            # the ledger really is in PostgreSQL
     listed = {r["series_uid"]: r for r in node.list_json()}
-    assert listed[uid]["state"] == "done" and listed[uid]["sends"][0][:2] == ["pacs", "done"]
+    sends = listed[uid]["sends"]
+    assert listed[uid]["state"] == "done" and (sends[0]["destination"], sends[0]["state"]) == ("pacs", "done")
 
 
 def test_receiver_and_two_workers_never_share_a_series(node_factory: NodeFactory, pacs_factory: PacsFactory,
@@ -71,8 +72,8 @@ def test_receiver_and_two_workers_never_share_a_series(node_factory: NodeFactory
 
 CLAIMER = """
 import json, sys, time
-from dicom_node.ledger import Ledger, open_engine
-ledger = Ledger(open_engine(sys.argv[1]))
+from dicom_node.ledger import open_ledger
+ledger = open_ledger(sys.argv[1], migrate=False)
 owner, start_at = sys.argv[2], float(sys.argv[3])
 while time.time() < start_at:
     time.sleep(0.001)
@@ -84,15 +85,15 @@ print(json.dumps(claimed))
 
 
 def test_concurrent_claims_never_share_a_series(postgres: PostgresServer, tmp_path: Path) -> None:
-    from dicom_node.ledger import Ledger, open_engine
     from dicom_node.spool import StoredInstance
+    from tests.support.ledger import new_ledger, record
 
     url = postgres.create_database("fault_claims")
-    ledger = Ledger(open_engine(url))
+    ledger = new_ledger(url)
     now = time.time()
     uids = [f"1.2.826.0.1.3680043.10.543.73.{i}" for i in range(60)]
     for uid in uids:
-        ledger.record_instance(StoredInstance("1.2.3", uid, f"{uid}.1", tmp_path / "x.dcm", 1, "0" * 64), now, 0.0)
+        record(ledger, StoredInstance("1.2.3", uid, f"{uid}.1", tmp_path / "x.dcm", 1, "0" * 64), now, 0.0)
     assert sorted(ledger.complete_due(now + 1)) == sorted(uids)
     ledger.engine.dispose()
     start_at = time.time() + 3.0                     # both processes start claiming at the same instant

@@ -25,10 +25,11 @@ from dicom_node.polling import PYNETDICOM_DELAY_S
 from dicom_node.receive import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
 from tests.support.ct_series import make_ct_series, position_mm, slice_normal, sorted_by_position
+from tests.support.ledger import view
 
 
 def node_state(node, series_uid: str) -> str:  # type: ignore[no-untyped-def]
-    summary = node.ledger.summary(series_uid)
+    summary = view(node.ledger, series_uid)
     return "" if summary is None else str(summary.state)
 
 
@@ -67,7 +68,7 @@ def test_resend_of_a_done_series_makes_no_new_series(node_factory: NodeFactory, 
     wait_until(lambda: node_state(node, uid) == SeriesState.DONE, what="first pass done")
     first_uids = {ds.SOPInstanceUID for ds in pacs.received}
     assert send_series(source, node.scp.port) == [0] * 4
-    summary = node.ledger.summary(uid)
+    summary = view(node.ledger, uid)
     assert summary is not None and summary.state == SeriesState.DONE
     assert len(pacs.received) == 16 and {ds.SOPInstanceUID for ds in pacs.received} == first_uids
 
@@ -129,7 +130,7 @@ def test_our_own_output_sent_back_is_not_processed(node_factory: NodeFactory, pa
     assert send_series(echoed, node.scp.port) == [0] * 11
     uid = str(echoed[0].SeriesInstanceUID)
     wait_until(lambda: node_state(node, uid) == SeriesState.REJECTED, what="own output recognised")
-    summary = node.ledger.summary(uid)
+    summary = view(node.ledger, uid)
     assert summary is not None and summary.reason == "own_output"
     assert len(pacs.received) == 11
 
@@ -142,9 +143,9 @@ def test_failing_destination_does_not_block_the_others(node_factory: NodeFactory
     uid = str(source[0].SeriesInstanceUID)
     send_series(source, node.scp.port)
     wait_until(lambda: node_state(node, uid) == SeriesState.FAILED, what="send given up", timeout_s=30)
-    summary = node.ledger.summary(uid)
+    summary = view(node.ledger, uid)
     assert summary is not None
-    sends = {d: (s, a, st) for d, s, a, st in summary.sends}
+    sends = {j.destination: (j.state, j.attempts, j.last_status) for j in summary.sends}
     assert sends["outbox"] == ("done", 1, "ok")
     assert sends["pacs"] == ("failed", 3, "0xA700")
     assert len(list((tmp_path / "outbox").rglob("*.dcm"))) == 11
@@ -165,8 +166,8 @@ def test_destination_down_then_back_is_delivered(node_factory: NodeFactory) -> N
     send_series(source, node.scp.port)
 
     def attempts() -> int:
-        summary = node.ledger.summary(uid)
-        return 0 if summary is None else max((a for d, _, a, _ in summary.sends if d == "pacs"), default=0)
+        summary = view(node.ledger, uid)
+        return 0 if summary is None else max((j.attempts for j in summary.sends if j.destination == "pacs"), default=0)
 
     wait_until(lambda: attempts() >= 2, what="two failed attempts")
     assert node_state(node, uid) == SeriesState.SENDING
@@ -282,7 +283,7 @@ def test_retention_removes_finished_work_but_keeps_rejected(node_factory: NodeFa
     send_series(bad, node.scp.port)
     good_uid, bad_uid = str(good[0].SeriesInstanceUID), str(bad[0].SeriesInstanceUID)
     wait_until(lambda: len(pacs.received) == 11, what="derived series delivered")
-    wait_until(lambda: node.ledger.summary(good_uid) is None and not (tmp_path / "var" / "incoming" / good_uid).exists()
+    wait_until(lambda: view(node.ledger, good_uid) is None and not (tmp_path / "var" / "incoming" / good_uid).exists()
                and not any((tmp_path / "var" / "derived").iterdir()), what="finished series and its files removed")
     wait_until(lambda: node_state(node, bad_uid) == SeriesState.REJECTED, what="rejected")
     assert (tmp_path / "var" / "rejected" / bad_uid / "reason").read_text().startswith("single_slice")

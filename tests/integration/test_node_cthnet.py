@@ -12,6 +12,7 @@ from synth.checkpoint import file_sha256
 from synth.config import SHIPPED_WEIGHTS
 from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import view
 from tests.support.tiny_cthnet import tiny_checkpoint
 
 
@@ -39,11 +40,11 @@ def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingS
     uid = str(coarse[0].SeriesInstanceUID)
 
     def state() -> str:
-        summary = node.ledger.summary(uid)
+        summary = view(node.ledger, uid)
         return "" if summary is None else summary.state
 
     wait_until(lambda: state() == SeriesState.REJECTED, timeout_s=60, what="rejection")
-    summary = node.ledger.summary(uid)
+    summary = view(node.ledger, uid)
     assert summary is not None and summary.reason == "unsupported_spacing"
     assert "4.2 mm is outside 4.5-6 mm" in summary.detail
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dicom_node.delivery import deliveries, record_delivery
-from dicom_node.write import derived_files, write_derived_series
+from dicom_node.spool import Spool, manifest_files
+from dicom_node.write import write_derived_series
 from synth.interpolate import InterpolationSynthesizer
 from tests.support.ct_series import make_ct_series
 from tests.unit.test_assemble import run
@@ -36,9 +37,10 @@ def test_a_record_that_cannot_be_written_is_logged_not_raised(tmp_path: Path,
 def test_processing_again_rewrites_the_folder_and_clears_the_records(tmp_path: Path) -> None:
     volume, source = run(make_ct_series(slices=3))
     synth = InterpolationSynthesizer(5)
-    first = write_derived_series(synth(volume), source, synth.identity, 5, tmp_path)
+    spool = Spool(tmp_path, fsync=False)
+    first = write_derived_series(synth(volume), source, identity=synth.identity, factor=5, spool=spool)
     record_delivery(first.directory, destination="pacs", sent=first.count, now=0.0)
     files = [first.directory / f"{uid}.dcm" for uid in first.sop_uids]
-    assert derived_files(first.directory) == files                    # the record is not a file to send
-    again = write_derived_series(synth(volume), source, synth.identity, 5, tmp_path)
+    assert manifest_files(first.directory) == files                    # the record is not a file to send
+    again = write_derived_series(synth(volume), source, identity=synth.identity, factor=5, spool=spool)
     assert again.directory == first.directory and deliveries(again.directory) == {}

@@ -32,6 +32,7 @@ from pydicom.uid import CTImageStorage
 from dicom_node.app import Node
 from dicom_node.cli import build_parser
 from dicom_node.config import NodeConfig, parse_config
+from dicom_node.ledger import queries
 from dicom_node.provenance import MANUFACTURER
 from dicom_node.receive import (
     STATUS_CANNOT_UNDERSTAND,
@@ -44,6 +45,7 @@ from dicom_node.receive import (
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.peers import ORTHANC, free_port, require, stop_process
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import view
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -317,7 +319,7 @@ def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> N
         uid = str(thick[0].SeriesInstanceUID)
 
         def state() -> str | None:
-            summary = node.ledger.summary(uid)
+            summary = view(node.ledger, uid)
             return None if summary is None else summary.state
 
         wait_until(lambda: state() == "done", 60.0, "the thick series to come back from the node")
@@ -325,7 +327,8 @@ def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> N
         wait_until(lambda: "not sent: derived" in log.read_text(encoding="utf-8", errors="replace"), 20.0,
                    "the rule to see (and skip) the node's output")
         time.sleep(1.0)
-        assert [s.series_uid for s in node.ledger.summaries()] == [uid]   # only the thick chest CT came
+        listed = queries.list_series(node.ledger.engine)[0]
+        assert [s.series_uid for s in listed] == [uid]                     # only the thick chest CT came
         text = log.read_text(encoding="utf-8", errors="replace")
         assert re.search(r"slice thickness 1(\.0*)? mm is out of range", text)
         assert "not chest (BodyPartExamined HEAD)" in text

@@ -22,7 +22,8 @@ import pytest
 
 from dicom_node.assemble import assemble
 from dicom_node.config import SeriesSection
-from dicom_node.write import derived_files, write_derived_series
+from dicom_node.spool import Spool
+from dicom_node.write import write_derived_series
 from synth.backends import build_synthesizer
 from synth.config import SynthConfig
 from synth.seam import Synthesizer
@@ -46,9 +47,10 @@ def derived_json(backend: str, out_dir: Path) -> list[dict[str, Any]]:
     volume, source = assemble(datasets, series_uid, SeriesSection())
     synthesizer = _synthesizer(backend)
     thin = synthesizer(volume)
-    derived = write_derived_series(thin, source, synthesizer.identity, synthesizer.factor, out_dir, "", 1000,
-                                   now=WHEN)
-    files = derived_files(derived.directory)
+    spool = Spool(out_dir, fsync=False)
+    derived = write_derived_series(thin, source, identity=synthesizer.identity, factor=synthesizer.factor,
+                                   spool=spool, uid_root="", series_number_offset=1000, now=WHEN)
+    files = spool.derived_files(derived.series_uid)
     return [_strip(pydicom.dcmread(files[i]).to_json_dict()) for i in PICKED]
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SeriesState, open_engine
+from dicom_node.ledger import BackoffPolicy, JobState, Ledger, RecordOutcome, SeriesState
 from dicom_node.spool import StoredInstance
+from tests.support.ledger import deadline, new_ledger, record, view
 
 QUIET = 10.0
 POLICY = BackoffPolicy(initial_s=30, max_s=600, max_attempts=3)
@@ -14,7 +15,7 @@ POLICY = BackoffPolicy(initial_s=30, max_s=600, max_attempts=3)
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(open_engine(tmp_path / "state.db"))
+    return new_ledger(tmp_path / "state.db")
 
 
 def stored(sop: str, series: str = "1.2.3", digest: str = "d") -> StoredInstance:
@@ -22,14 +23,14 @@ def stored(sop: str, series: str = "1.2.3", digest: str = "d") -> StoredInstance
 
 
 def state_of(ledger: Ledger, series: str = "1.2.3") -> str:
-    summary = ledger.summary(series)
+    summary = view(ledger, series)
     assert summary is not None
     return summary.state
 
 
 def complete_and_claim(ledger: Ledger, now: float = 100.0, owner: str = "w1"):  # type: ignore[no-untyped-def]
-    ledger.record_instance(stored("1.2.3.1"), now, QUIET)
-    ledger.record_instance(stored("1.2.3.2"), now, QUIET)
+    record(ledger, stored("1.2.3.1"), now, QUIET)
+    record(ledger, stored("1.2.3.2"), now, QUIET)
     assert ledger.complete_due(now + QUIET) == ["1.2.3"]
     claim = ledger.claim_series(owner, now + QUIET, 60)
     assert claim is not None
@@ -37,21 +38,21 @@ def complete_and_claim(ledger: Ledger, now: float = 100.0, owner: str = "w1"):  
 
 
 def test_deadline_moves_with_each_instance_and_survives_reopen(tmp_path: Path) -> None:
-    ledger = Ledger(open_engine(tmp_path / "state.db"))
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
-    ledger.record_instance(stored("1.2.3.2"), 105.0, QUIET)
+    ledger = new_ledger(tmp_path / "state.db")
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.2"), 105.0, QUIET)
     assert ledger.complete_due(114.0) == []
-    reopened = Ledger(open_engine(tmp_path / "state.db"))       # a restart keeps the deadline
-    assert reopened.next_deadline() == 115.0
+    reopened = new_ledger(tmp_path / "state.db")       # a restart keeps the deadline
+    assert deadline(reopened, "1.2.3") == 115.0
     assert reopened.complete_due(115.0) == ["1.2.3"]
     assert state_of(reopened) == SeriesState.COMPLETE
 
 
 def test_duplicate_changed_and_new_instances(ledger: Ledger) -> None:
-    assert ledger.record_instance(stored("1.2.3.1"), 1.0, QUIET) is RecordOutcome.NEW
-    assert ledger.record_instance(stored("1.2.3.1"), 2.0, QUIET) is RecordOutcome.DUPLICATE
-    assert ledger.record_instance(stored("1.2.3.1", digest="e"), 3.0, QUIET) is RecordOutcome.CHANGED
-    summary = ledger.summary("1.2.3")
+    assert record(ledger, stored("1.2.3.1"), 1.0, QUIET) is RecordOutcome.NEW
+    assert record(ledger, stored("1.2.3.1"), 2.0, QUIET) is RecordOutcome.DUPLICATE
+    assert record(ledger, stored("1.2.3.1", digest="e"), 3.0, QUIET) is RecordOutcome.CHANGED
+    summary = view(ledger, "1.2.3")
     assert summary is not None and summary.instance_count == 1
 
 
@@ -63,7 +64,7 @@ def test_a_series_is_claimed_once(ledger: Ledger) -> None:
 
 def test_concurrent_claims_never_share_a_series(ledger: Ledger) -> None:
     for i in range(20):
-        ledger.record_instance(stored("1.2.9.1", series=f"1.2.9.{i}"), 0.0, 1.0)
+        record(ledger, stored("1.2.9.1", series=f"1.2.9.{i}"), 0.0, 1.0)
     ledger.complete_due(5.0)
     claimed: list[str] = []
     lock = threading.Lock()
@@ -98,9 +99,9 @@ def test_send_jobs_retry_with_backoff_then_fail(ledger: Ledger) -> None:
             assert ledger.claim_send("pacs", "s", now + POLICY.delay_s(attempt) - 1, 60) is None
             now += POLICY.delay_s(attempt)
     assert state is JobState.FAILED
-    summary = ledger.summary("1.2.3")
+    summary = view(ledger, "1.2.3")
     assert summary is not None and summary.state == SeriesState.FAILED and summary.reason == "send_failed"
-    assert dict((d, (s, st)) for d, s, _, st in summary.sends) == {
+    assert {j.destination: (j.state, j.last_status) for j in summary.sends} == {
         "outbox": ("done", "ok"), "pacs": ("failed", "0xA700")}
     assert ledger.retry("1.2.3", now) == "re-queued 1 failed send(s)"
     assert ledger.claim_send("pacs", "s", now, 60) is not None
@@ -125,16 +126,16 @@ def test_resend_after_done_changes_nothing_but_new_instance_reopens(ledger: Ledg
     claim = complete_and_claim(ledger)
     ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
     assert state_of(ledger) == SeriesState.DONE
-    ledger.record_instance(stored("1.2.3.1"), 300.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 300.0, QUIET)
     assert state_of(ledger) == SeriesState.DONE
-    ledger.record_instance(stored("1.2.3.3"), 300.0, QUIET)
+    record(ledger, stored("1.2.3.3"), 300.0, QUIET)
     assert state_of(ledger) == SeriesState.RECEIVING
     assert ledger.complete_due(310.0) == ["1.2.3"]
 
 
 def test_instance_arriving_during_synthesis_reprocesses_afterwards(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.record_instance(stored("1.2.3.9"), 150.0, QUIET)
+    record(ledger, stored("1.2.3.9"), 150.0, QUIET)
     ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
     assert state_of(ledger) == SeriesState.RECEIVING
 
@@ -161,7 +162,7 @@ def test_a_worker_that_lost_its_lease_cannot_record(ledger: Ledger) -> None:
 def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
     ledger.reject_series(claim, "w1", "gantry_tilt", "12 degrees", 200.0)
-    summary = ledger.summary("1.2.3")
+    summary = view(ledger, "1.2.3")
     assert summary is not None and (summary.state, summary.reason) == ("rejected", "gantry_tilt")
     assert ledger.retry("1.2.3", 201.0) == "queued for processing again"
     with pytest.raises(ValueError, match=r"is complete; only failed or rejected series can be retried"):
@@ -202,7 +203,7 @@ def test_purge_done_and_discard(ledger: Ledger) -> None:
     ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
     assert ledger.purge_done(150.0) == []
     assert ledger.purge_done(201.0) == [("1.2.3", "2.25.1")]
-    assert ledger.summary("1.2.3") is None
+    assert view(ledger, "1.2.3") is None
     claim = complete_and_claim(ledger)
     ledger.reject_series(claim, "w1", "not_axial", "coronal", 300.0)
     assert ledger.purge_done(1e9) == []                 # rejected work is never purged by age
@@ -219,28 +220,28 @@ def test_heartbeat_extends_every_lease_of_an_owner(ledger: Ledger) -> None:
 
 
 def test_instance_arriving_before_the_worker_starts_extends_the_quiet_period(ledger: Ledger) -> None:
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
     assert ledger.complete_due(110.0) == ["1.2.3"]
-    ledger.record_instance(stored("1.2.3.1"), 111.0, QUIET)     # a duplicate changes nothing
+    record(ledger, stored("1.2.3.1"), 111.0, QUIET)     # a duplicate changes nothing
     assert state_of(ledger) == SeriesState.COMPLETE
-    ledger.record_instance(stored("1.2.3.2"), 112.0, QUIET)     # a new slice: wait again
+    record(ledger, stored("1.2.3.2"), 112.0, QUIET)     # a new slice: wait again
     assert state_of(ledger) == SeriesState.RECEIVING
     assert ledger.complete_due(121.0) == [] and ledger.complete_due(122.0) == ["1.2.3"]
 
 
 def test_a_series_waits_for_instances_refused_for_lack_of_space(ledger: Ledger) -> None:
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
     ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 101.0)])
     assert ledger.complete_due(200.0, refused_wait_s=600.0) == []        # quiet long over; still waiting
     assert state_of(ledger) == SeriesState.RECEIVING
-    ledger.record_instance(stored("1.2.3.2"), 300.0, QUIET)              # the refused instance comes again
+    record(ledger, stored("1.2.3.2"), 300.0, QUIET)              # the refused instance comes again
     assert ledger.complete_due(300.0 + QUIET, refused_wait_s=600.0) == ["1.2.3"]
     claim = ledger.claim_series("w1", 320.0, 60)
     assert claim is not None and claim.refused == 0
 
 
 def test_the_wait_for_refused_instances_runs_out(ledger: Ledger) -> None:
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
     ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 101.0), ("1.2.3", "1.2.3.3", 102.0)])
     assert ledger.complete_due(700.0, refused_wait_s=600.0) == []
     assert ledger.complete_due(702.5, refused_wait_s=600.0) == ["1.2.3"]
@@ -249,13 +250,13 @@ def test_the_wait_for_refused_instances_runs_out(ledger: Ledger) -> None:
 
 
 def test_a_refused_resend_of_a_held_instance_is_not_waited_for(ledger: Ledger) -> None:
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
     ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.1", 101.0)])
     assert ledger.complete_due(120.0, refused_wait_s=600.0) == ["1.2.3"]
 
 
 def test_a_refusal_reopens_a_complete_series_not_yet_taken(ledger: Ledger) -> None:
-    ledger.record_instance(stored("1.2.3.1"), 100.0, QUIET)
+    record(ledger, stored("1.2.3.1"), 100.0, QUIET)
     assert ledger.complete_due(110.0) == ["1.2.3"]
     ledger.record_instances([], QUIET, refusals=[("1.2.3", "1.2.3.2", 111.0)])
     assert state_of(ledger) == SeriesState.RECEIVING

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.ledger import Ledger, open_engine
+from dicom_node.ledger import open_engine, open_ledger
 from dicom_node.ledger_check import LedgerDamagedError, check_ledger, spool_work, sqlite_path
 from dicom_node.spool import Spool, StoredInstance
+from tests.support.ledger import record
 
 HINT = r"rebuild it from the spool with: dicom-node rebuild-ledger --config /etc/node.toml$"
 
@@ -28,7 +29,7 @@ def spool_with_work(var: Path) -> Spool:
 
 def make_ledger(var: Path, instances: int = 0) -> Path:
     engine = open_engine(var / "state.db")
-    ledger = Ledger(engine)
+    ledger = open_ledger(engine, migrate=True)
     if instances:
         batch = [(StoredInstance("1.2", "1.2.9", f"1.2.9.{i}", Path("x"), 1, f"{i:064d}"), 1.0, "AE")
                  for i in range(instances)]
@@ -48,8 +49,8 @@ def test_a_sound_ledger_passes_even_while_it_is_open(tmp_path: Path) -> None:
     spool_with_work(tmp_path)
     make_ledger(tmp_path, instances=3)
     engine = open_engine(tmp_path / "state.db")
-    ledger = Ledger(engine)                                   # a running node holds it open (WAL)
-    ledger.record_instance(StoredInstance("1.2", "1.2.8", "1.2.8.1", Path("x"), 1, "d"), 2.0, 10.0)
+    ledger = open_ledger(engine, migrate=False)               # a running node holds it open (WAL)
+    record(ledger, StoredInstance("1.2", "1.2.8", "1.2.8.1", Path("x"), 1, "d"), 2.0, 10.0)
     check(tmp_path)
     engine.dispose()
 

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.delivery import record_delivery
-from dicom_node.ledger import Ledger, open_engine
+from dicom_node.ledger import open_engine, open_ledger, queries
 from dicom_node.ledger_check import check_ledger
 from dicom_node.nodelock import NodeLock
 from dicom_node.rebuild import RebuildError, rebuild_ledger
@@ -23,6 +23,7 @@ from dicom_node.spool import Spool, StoredInstance
 from dicom_node.write import DerivedSeries, write_derived_series
 from synth.interpolate import InterpolationSynthesizer
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import deadline, new_ledger, record, view
 from tests.unit.test_assemble import run
 
 NOW = 2_000_000_000.0
@@ -50,7 +51,7 @@ def receive(spool: Spool, series: list[Dataset]) -> str:
 def derive(spool: Spool, series: list[Dataset]) -> DerivedSeries:
     volume, source = run(series)
     synth = InterpolationSynthesizer(5)
-    return write_derived_series(synth(volume), source, synth.identity, 5, spool.derived)
+    return write_derived_series(synth(volume), source, identity=synth.identity, factor=5, spool=spool)
 
 
 def set_mtime(path: Path, when: float) -> None:
@@ -61,7 +62,8 @@ def rows(cfg: NodeConfig) -> dict[str, tuple[str, str, str, int, str, tuple[tupl
     engine = open_engine(cfg.database_url)
     try:
         return {s.series_uid: (s.state, s.reason, s.detail, s.instance_count, s.derived_series_uid,
-                               tuple((d, st) for d, st, _, _ in s.sends)) for s in Ledger(engine).summaries()}
+                               tuple((j.destination, j.state) for j in s.sends))
+                for s in queries.list_series(engine, limit=1000)[0]}
     finally:
         engine.dispose()                 # closed, as a stopped node leaves it: no -wal beside state.db
 
@@ -92,8 +94,8 @@ def test_each_series_becomes_what_its_folders_say(cfg: NodeConfig) -> None:
     assert dict(report.states) == {"done": 1, "receiving": 1, "rejected": 1, "sending": 1}
     assert report.instances == 15 and report.moved_aside == () and report.warnings == ()
     assert set(report.sends) == {("pacs", "done", 2), ("outbox", "done", 1), ("outbox", "pending", 1)}
-    ledger = Ledger(open_engine(cfg.database_url))
-    assert ledger.next_deadline() == pytest.approx(NOW + QUIET)   # the received series is processed
+    ledger = new_ledger(cfg.database_url)
+    assert deadline(ledger, waiting_uid) == pytest.approx(NOW + QUIET)   # the received series is processed
     assert ledger.is_derived_series(half_derived.series_uid)      # our own output stays recognised
     # The instance rows carry each file's digest and mtime: a restart's reconciliation finds nothing new,
     # and a re-sent identical instance is a duplicate, not a change that re-opens a finished series.
@@ -103,8 +105,8 @@ def test_each_series_becomes_what_its_folders_say(cfg: NodeConfig) -> None:
     assert stamps[(full_uid, path.stem)] == path.stat().st_mtime_ns
     again = StoredInstance("", full_uid, path.stem, path, path.stat().st_size,
                            hashlib.sha256(path.read_bytes()).hexdigest())
-    assert ledger.record_instance(again, NOW + 1, QUIET).value == "duplicate"
-    assert ledger.summary(full_uid).state == "done"  # type: ignore[union-attr]
+    assert record(ledger, again, NOW + 1, QUIET).value == "duplicate"
+    assert view(ledger, full_uid).state == "done"  # type: ignore[union-attr]
 
 
 def test_the_latest_outcome_wins(cfg: NodeConfig) -> None:
@@ -180,7 +182,7 @@ def test_a_sound_ledger_needs_force_and_is_kept(cfg: NodeConfig) -> None:
     spool = Spool(cfg.storage_dir)
     uid = receive(spool, make_ct_series(slices=3, seed=9))
     engine = open_engine(cfg.database_url)
-    Ledger(engine)
+    open_ledger(engine, migrate=True)
     engine.dispose()
     with pytest.raises(RebuildError, match=r"ledger .*state.db passes its checks: .* add --force"):
         rebuild_ledger(cfg, now=NOW)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.ledger import Ledger, RecordOutcome, SeriesState, open_engine
+from dicom_node.ledger import Ledger, RecordOutcome, SeriesState
 from dicom_node.record import InstanceRecorder, reconcile_spool
 from dicom_node.spool import Spool, StoredInstance
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import deadline, new_ledger, record, view
 
 
 def file_bytes(slices: int = 2) -> list[tuple[str, str, str, bytes]]:
@@ -23,7 +24,7 @@ def file_bytes(slices: int = 2) -> list[tuple[str, str, str, bytes]]:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(open_engine(tmp_path / "state.db"))
+    return new_ledger(tmp_path / "state.db")
 
 
 def test_recorder_batches_and_flushes(ledger: Ledger, tmp_path: Path) -> None:
@@ -34,10 +35,10 @@ def test_recorder_batches_and_flushes(ledger: Ledger, tmp_path: Path) -> None:
         recorder.put(StoredInstance("1.2", "1.2.3", f"1.2.3.{i}", Path("x"), 1, "d", 7), "SCANNER")
     recorder.put(StoredInstance("1.2", "1.2.3", "1.2.3.0", Path("x"), 1, "d", 7), "SCANNER")
     assert recorder.flush(10.0)
-    summary = ledger.summary("1.2.3")
+    summary = view(ledger, "1.2.3")
     assert summary is not None and summary.instance_count == 50
     assert seen.count(RecordOutcome.NEW) == 50 and seen.count(RecordOutcome.DUPLICATE) == 1
-    assert ledger.next_deadline() == 110.0            # the receive time, not the time it was recorded
+    assert deadline(ledger, "1.2.3") == 110.0         # the receive time, not the time it was recorded
     recorder.stop()
 
 
@@ -58,7 +59,7 @@ def test_recorder_keeps_a_batch_until_the_ledger_takes_it(ledger: Ledger, monkey
     recorder.start()
     recorder.put(StoredInstance("1.2", "1.2.3", "1.2.3.1", Path("x"), 1, "d", 7), "")
     assert recorder.flush(10.0)
-    assert ledger.summary("1.2.3") is not None
+    assert view(ledger, "1.2.3") is not None
     recorder.stop()
 
 
@@ -66,12 +67,12 @@ def test_reconcile_records_files_received_before_a_crash(ledger: Ledger, tmp_pat
     spool = Spool(tmp_path / "var")
     files = file_bytes(3)
     stored = [spool.put(study, series, sop, data) for study, series, sop, data in files]
-    ledger.record_instance(stored[0], 50.0, 10.0)               # only the first made it to the ledger
+    record(ledger, stored[0], 50.0, 10.0)               # only the first made it to the ledger
     (spool.incoming / files[0][1] / ".tmp-half-written").write_bytes(b"partial")
     assert reconcile_spool(spool, ledger, 10.0, 100.0) == 2
-    summary = ledger.summary(files[0][1])
+    summary = view(ledger, files[0][1])
     assert summary is not None and summary.instance_count == 3 and summary.state == SeriesState.RECEIVING
-    assert ledger.next_deadline() == 110.0
+    assert deadline(ledger, files[0][1]) == 110.0
     assert not (spool.incoming / files[0][1] / ".tmp-half-written").exists()
     assert reconcile_spool(spool, ledger, 10.0, 101.0) == 0     # nothing left to do
 
@@ -79,8 +80,8 @@ def test_reconcile_records_files_received_before_a_crash(ledger: Ledger, tmp_pat
 def test_reconcile_notices_a_file_replaced_before_the_crash(ledger: Ledger, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "var")
     study, series, sop, data = file_bytes(2)[0]
-    ledger.record_instance(spool.put(study, series, sop, data), 50.0, 10.0)
+    record(ledger, spool.put(study, series, sop, data), 50.0, 10.0)
     spool.put(study, series, sop, data[:-2] + b"\x01\x02")          # changed bytes, never recorded
     assert reconcile_spool(spool, ledger, 10.0, 100.0) == 1
-    summary = ledger.summary(series)
+    summary = view(ledger, series)
     assert summary is not None and summary.instance_count == 1

@@ -17,13 +17,14 @@ from sqlalchemy.exc import OperationalError
 from dicom_node import synthesis
 from dicom_node.config import parse_config
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
-from dicom_node.ledger import Ledger, SeriesState, open_engine
+from dicom_node.ledger import Ledger, SeriesState
 from dicom_node.metrics import NodeMetrics
 from dicom_node.spool import Spool
 from dicom_node.stage import StageWait
 from dicom_node.synthesis import SPOOL_FILE_DAMAGED, SPOOL_FILE_MISSING, SynthesisStage
 from synth.interpolate import InterpolationSynthesizer
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import new_ledger, view
 
 OWNER = "test-host:1:stage"
 
@@ -38,7 +39,7 @@ class Rig:
     synthesized: list[int]
 
     def state(self) -> str:
-        summary = self.ledger.summary(self.uid)
+        summary = view(self.ledger, self.uid)
         assert summary is not None
         return summary.state
 
@@ -60,7 +61,7 @@ def receive(ledger: Ledger, spool: Spool, slices: int, now: float) -> str:
 def make_rig(tmp_path: Path, *, watermark: float = 0.999) -> Rig:
     cfg = parse_config({"node": {"storage_dir": str(tmp_path / "var"), "disk_watermark": watermark}})
     spool = Spool(cfg.storage_dir, fsync=False)
-    ledger = Ledger(open_engine(cfg.database_url))
+    ledger = new_ledger(cfg.database_url)
     now = [1000.0]
     uid = receive(ledger, spool, slices=4, now=now[0])
     synthesized: list[int] = []
@@ -106,7 +107,7 @@ def test_a_full_database_when_recording_keeps_the_result_and_records_it_first(
     second = receive(rig.ledger, rig.spool, slices=3, now=rig.now[0])
     assert rig.stage.step() is None                            # records the kept result first ...
     assert rig.state() == SeriesState.DONE
-    summary = rig.ledger.summary(second)
+    summary = view(rig.ledger, second)
     assert summary is not None and summary.state == SeriesState.DONE   # ... and then takes the next series
 
 
@@ -129,7 +130,7 @@ def test_a_spool_file_deleted_behind_the_nodes_back_is_named(tmp_path: Path) -> 
     rig = make_rig(tmp_path)
     rig.spool.instance_files(rig.uid)[1].unlink()
     assert rig.stage.step() is None
-    summary = rig.ledger.summary(rig.uid)
+    summary = view(rig.ledger, rig.uid)
     assert summary is not None and summary.state == SeriesState.REJECTED
     assert summary.reason == SPOOL_FILE_MISSING
     assert summary.detail.startswith("1 of 4 recorded instance file(s) are missing from the spool")
@@ -140,6 +141,6 @@ def test_a_spool_file_truncated_behind_the_nodes_back_is_named(tmp_path: Path) -
     victim = rig.spool.instance_files(rig.uid)[2]
     victim.write_bytes(victim.read_bytes()[:200])
     assert rig.stage.step() is None
-    summary = rig.ledger.summary(rig.uid)
+    summary = view(rig.ledger, rig.uid)
     assert summary is not None and summary.reason == SPOOL_FILE_DAMAGED
     assert summary.detail.startswith("1 instance file(s) changed size on disk since they were received")

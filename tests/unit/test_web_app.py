@@ -28,15 +28,17 @@ from starlette.testclient import TestClient
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
+from dicom_node.ledger.queries import read_engine
+from dicom_node.web import actions as web_actions
 from dicom_node.web import api as api_module
 from dicom_node.web.app import build_app
 from dicom_node.web.auth import CSRF_HEADER, SESSION_COOKIE
 from dicom_node.web.limits import ParamError, int_param
 from dicom_node.web.openapi import PATHS, SCHEMAS
 from dicom_node.web.preview import TARGET_WIDTH_PX
-from dicom_node.web.queries import read_engine
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import view as ledger_view
 
 TOKEN = "correct-horse-battery-staple"
 PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "DOE^JANE", "PID-778899", "19600101"
@@ -58,7 +60,7 @@ class WebNode:
     tmp: Path
 
     def state(self, uid: str) -> str | None:
-        summary = self.node.ledger.summary(uid)
+        summary = ledger_view(self.node.ledger, uid)
         return None if summary is None else summary.state
 
     def send(self, source: list[Dataset], state: str) -> str:
@@ -501,6 +503,7 @@ def statuses_in_source(function_names: set[str]) -> set[str]:
 
 def test_openapi_documents_every_status_an_action_can_answer(web: WebNode) -> None:
     from_source = statuses_in_source({"action", "_actor", "perform"})
+    from_source |= {str(status) for status in web_actions.HTTP_STATUS.values()}   # perform maps admin's refusals
     middleware = {"413", "429"}                             # BodyLimit and BearerGuard, before any handler
     assert {"400", "401", "403", "409"} <= from_source, from_source   # the parse found the handlers' calls
     for action in ("retry", "resend", "discard"):

@@ -12,7 +12,8 @@ import pytest
 from dicom_node.assemble import SourceSeries
 from dicom_node.policy import instance_refusal
 from dicom_node.provenance import is_own_output
-from dicom_node.write import DerivedSeries, derived_files, write_derived_series
+from dicom_node.spool import Spool, manifest_files
+from dicom_node.write import DerivedSeries, write_derived_series
 from synth.interpolate import InterpolationSynthesizer
 from synth.seam import SynthIdentity
 from tests.support.ct_series import make_ct_series, position_mm, sorted_by_position
@@ -27,8 +28,9 @@ def derive(tmp_path: Path, identity: SynthIdentity | None = None, **kwargs: obje
     volume, source = run(series)
     synth = InterpolationSynthesizer(5)
     thin = synth(volume)
-    derived = write_derived_series(thin, source, identity or synth.identity, 5, tmp_path)
-    return derived, source, [pydicom.dcmread(p) for p in derived_files(derived.directory)]
+    derived = write_derived_series(thin, source, identity=identity or synth.identity, factor=5,
+                                   spool=Spool(tmp_path, fsync=False))
+    return derived, source, [pydicom.dcmread(p) for p in manifest_files(derived.directory)]
 
 
 def test_geometry_follows_the_source_exactly(tmp_path: Path) -> None:
@@ -139,14 +141,15 @@ def test_wrong_slice_count_is_refused(tmp_path: Path) -> None:
     series = make_ct_series(slices=5)
     volume, source = run(series)
     with pytest.raises(ValueError, match=r"volume has 5 slices; 5x4\+1 expected for 5 sources"):
-        write_derived_series(volume, source, InterpolationSynthesizer(5).identity, 5, tmp_path)
+        write_derived_series(volume, source, identity=InterpolationSynthesizer(5).identity, factor=5,
+                             spool=Spool(tmp_path, fsync=False))
 
 
 @pytest.mark.interop
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
 def test_output_passes_dciodvfy_and_dcentvfy(tmp_path: Path) -> None:
     derived, _, _ = derive(tmp_path, identity=MODEL)
-    files = [str(p) for p in derived_files(derived.directory)]
+    files = [str(p) for p in manifest_files(derived.directory)]
     for path in files[:3] + files[-1:]:
         result = subprocess.run(["dciodvfy", path], capture_output=True, text=True, timeout=60)
         assert "Error" not in result.stderr + result.stdout, result.stderr

@@ -1,4 +1,5 @@
-"""Read-only queries for the dashboard and API: selects on the ledger's ORM tables, typed results.
+"""The ledger's one read model: typed views of series and send jobs, counts and throughput, used by
+the dashboard and API, the metrics and `dicom-node list`.
 
 On SQLite the dashboard reads through its own engine with `query_only` set and no `BEGIN IMMEDIATE`,
 so a page load never takes the write lock the pipeline needs (WAL lets readers run beside writers).
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
-from dicom_node.ledger import InstanceRow, JobState, SendJobRow, SeriesRow, SeriesState
+from dicom_node.ledger.schema import InstanceRow, JobState, SendJobRow, SeriesRow, SeriesState
 
 ACTIVE_SEND_STATES = (JobState.PENDING, JobState.SENDING)
 MAX_LIMIT = 1000

@@ -1,0 +1,218 @@
+"""Jobs and leases: claiming a series or a send job, renewing and releasing leases, recording outcomes.
+
+Claims are conditional UPDATEs checked by row count, so two workers never take one job; a lease that
+is not renewed (the worker died) expires and the job goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from dicom_node.ledger.base import LedgerBase
+from dicom_node.ledger.schema import (
+    TERMINAL,
+    BackoffPolicy,
+    JobState,
+    RefusedRow,
+    SendClaim,
+    SendJobRow,
+    SeriesClaim,
+    SeriesRow,
+    SeriesState,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Jobs(LedgerBase):
+    def claim_series(self, owner: str, now: float, lease_s: float) -> SeriesClaim | None:
+        with self._tx() as s:
+            candidates = list(s.scalars(select(SeriesRow.series_uid).where(
+                SeriesRow.state == SeriesState.COMPLETE).order_by(SeriesRow.last_received_at).limit(5)
+                .with_for_update(skip_locked=True)))
+            for uid in candidates:
+                claimed = s.execute(update(SeriesRow).where(
+                    SeriesRow.series_uid == uid, SeriesRow.state == SeriesState.COMPLETE).values(
+                    state=SeriesState.SYNTHESIZING, lease_owner=owner, lease_expires_at=now + lease_s,
+                    updated_at=now))
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    row = s.get(SeriesRow, uid)
+                    assert row is not None
+                    refused = s.scalar(select(func.count()).select_from(RefusedRow)
+                                       .where(RefusedRow.series_uid == uid)) or 0
+                    return SeriesClaim(uid, row.study_uid, row.generation, int(refused))
+            return None
+
+    def renew_owner(self, owner: str, now: float, lease_s: float) -> int:
+        """Heartbeat: extend every lease `owner` holds (series and send jobs)."""
+        with self._tx() as s:
+            n = s.execute(update(SeriesRow).where(SeriesRow.lease_owner == owner).values(
+                lease_expires_at=now + lease_s)).rowcount  # type: ignore[attr-defined]
+            n += s.execute(update(SendJobRow).where(SendJobRow.lease_owner == owner).values(
+                lease_expires_at=now + lease_s)).rowcount  # type: ignore[attr-defined]
+            return int(n)
+
+    def release_series(self, claim: SeriesClaim, owner: str, now: float) -> bool:
+        """Give a claimed series back to the queue untouched (the machine failed, not the series)."""
+        with self._tx() as s:
+            released = s.execute(update(SeriesRow).where(
+                SeriesRow.series_uid == claim.series_uid, SeriesRow.lease_owner == owner,
+                SeriesRow.state == SeriesState.SYNTHESIZING).values(
+                state=SeriesState.COMPLETE, lease_owner=None, lease_expires_at=None, updated_at=now))
+            return bool(released.rowcount)  # type: ignore[attr-defined]
+
+    def reject_series(self, claim: SeriesClaim, owner: str, reason: str, detail: str, now: float) -> None:
+        with self._tx() as s:
+            row = s.get(SeriesRow, claim.series_uid)
+            if row is None or row.lease_owner != owner:
+                logger.warning("lost the lease on series %s before rejecting it", claim.series_uid)
+                return
+            row.state, row.reason, row.detail = SeriesState.REJECTED, reason, detail
+            row.lease_owner = row.lease_expires_at = None
+            row.processed_generation = claim.generation
+            row.updated_at = now
+            self._reopen_if_changed(row, now)
+
+    def series_synthesized(self, claim: SeriesClaim, owner: str, derived_series_uid: str, derived_count: int,
+                           destinations: list[str], synth_seconds: float, now: float) -> None:
+        """Record the derived series and (re)create one pending send job per destination."""
+        with self._tx() as s:
+            row = s.get(SeriesRow, claim.series_uid)
+            if row is None or row.lease_owner != owner:
+                logger.warning("lost the lease on series %s before recording its result", claim.series_uid)
+                return
+            row.state = SeriesState.SENDING
+            row.derived_series_uid, row.derived_count = derived_series_uid, derived_count
+            row.synth_seconds = synth_seconds
+            row.lease_owner = row.lease_expires_at = None
+            row.processed_generation = claim.generation
+            row.reason, row.detail, row.updated_at = "", "", now
+            existing = {j.destination: j for j in s.scalars(
+                select(SendJobRow).where(SendJobRow.series_uid == claim.series_uid))}
+            for name in destinations:
+                job = existing.get(name)
+                if job is None:
+                    s.add(SendJobRow(series_uid=claim.series_uid, destination=name, state=JobState.PENDING,
+                                     attempts=0, next_attempt_at=now, total=derived_count, sent=0,
+                                     last_status="", last_error="", updated_at=now))
+                else:
+                    job.state, job.attempts, job.next_attempt_at = JobState.PENDING, 0, now
+                    job.total, job.sent, job.last_status, job.last_error = derived_count, 0, "", ""
+                    job.lease_owner = job.lease_expires_at = None
+                    job.updated_at = now
+            s.flush()
+            self._settle(s, row, now)
+
+    def claim_send(self, destination: str, owner: str, now: float, lease_s: float) -> SendClaim | None:
+        with self._tx() as s:
+            candidates = list(s.scalars(select(SendJobRow.id).where(
+                SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING,
+                SendJobRow.next_attempt_at <= now).order_by(SendJobRow.next_attempt_at).limit(5)
+                .with_for_update(skip_locked=True)))
+            for job_id in candidates:
+                claimed = s.execute(update(SendJobRow).where(
+                    SendJobRow.id == job_id, SendJobRow.state == JobState.PENDING).values(
+                    state=JobState.SENDING, lease_owner=owner, lease_expires_at=now + lease_s, updated_at=now))
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    job = s.get(SendJobRow, job_id)
+                    assert job is not None
+                    series = s.get(SeriesRow, job.series_uid)
+                    assert series is not None
+                    return SendClaim(job_id, job.series_uid, destination, series.derived_series_uid,
+                                     job.attempts)
+            return None
+
+    def release_send(self, claim: SendClaim, owner: str, now: float) -> bool:
+        """Give a claimed send job back without counting an attempt (our side failed, not the peer)."""
+        with self._tx() as s:
+            released = s.execute(update(SendJobRow).where(
+                SendJobRow.id == claim.job_id, SendJobRow.lease_owner == owner,
+                SendJobRow.state == JobState.SENDING).values(
+                state=JobState.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now))
+            return bool(released.rowcount)  # type: ignore[attr-defined]
+
+    def next_send_due(self, destination: str) -> float | None:
+        with self._tx() as s:
+            value: float | None = s.scalar(select(func.min(SendJobRow.next_attempt_at)).where(
+                SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING))
+            return value
+
+    def send_finished(self, claim: SendClaim, owner: str, sent: int, status: str, error: str,
+                      ok: bool, policy: BackoffPolicy, now: float) -> JobState:
+        """Record one attempt; a failure is retried with backoff until the attempts run out."""
+        with self._tx() as s:
+            job = s.get(SendJobRow, claim.job_id)
+            if job is None or job.lease_owner != owner:
+                logger.warning("lost the lease on send job %s before recording it", claim.job_id)
+                return JobState.PENDING
+            job.attempts += 1
+            job.sent, job.last_status, job.last_error = sent, status, error
+            job.lease_owner = job.lease_expires_at = None
+            job.updated_at = now
+            if ok:
+                job.state = JobState.DONE
+            elif job.attempts >= policy.max_attempts:
+                job.state = JobState.FAILED
+            else:
+                job.state = JobState.PENDING
+                job.next_attempt_at = now + policy.delay_s(job.attempts)
+            state = JobState(job.state)
+            series = s.get(SeriesRow, job.series_uid)
+            assert series is not None
+            s.flush()
+            self._settle(s, series, now)
+            return state
+
+    def _settle(self, s: Session, series: SeriesRow, now: float) -> None:
+        states = list(s.scalars(select(SendJobRow.state).where(SendJobRow.series_uid == series.series_uid)))
+        if series.state != SeriesState.SENDING or any(
+                st in (JobState.PENDING, JobState.SENDING) for st in states):
+            return
+        failed = [st for st in states if st == JobState.FAILED]
+        series.state = SeriesState.FAILED if failed else SeriesState.DONE
+        series.reason = "send_failed" if failed else ""
+        series.detail = f"{len(failed)} of {len(states)} destination(s) failed" if failed else ""
+        series.updated_at = now
+        self._reopen_if_changed(series, now)
+
+    @staticmethod
+    def _reopen_if_changed(series: SeriesRow, now: float) -> None:
+        """Instances that arrived while the series was being processed: process it again."""
+        if series.generation != series.processed_generation and series.state in TERMINAL:
+            series.state, series.deadline_at, series.updated_at = SeriesState.RECEIVING, now, now
+
+    def reclaim_expired(self, now: float, dead_owner_prefix: str | None = None) -> int:
+        """Give work whose lease ran out (or whose owner is known dead) back to the queue."""
+        with self._tx() as s:
+            def lost(owner_col: Any, expires_col: Any) -> Any:
+                cond = expires_col < now
+                if dead_owner_prefix:
+                    cond = cond | owner_col.startswith(dead_owner_prefix)
+                return cond
+            n = s.execute(update(SeriesRow).where(
+                SeriesRow.state == SeriesState.SYNTHESIZING,
+                lost(SeriesRow.lease_owner, SeriesRow.lease_expires_at)).values(
+                state=SeriesState.COMPLETE, lease_owner=None, lease_expires_at=None, updated_at=now)).rowcount  # type: ignore[attr-defined]
+            n += s.execute(update(SendJobRow).where(
+                SendJobRow.state == JobState.SENDING,
+                lost(SendJobRow.lease_owner, SendJobRow.lease_expires_at)).values(
+                state=JobState.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now)).rowcount  # type: ignore[attr-defined]
+            return int(n)
+
+    def lease_owners(self) -> set[str]:
+        with self._tx() as s:
+            owners = set(s.scalars(select(SeriesRow.lease_owner).where(SeriesRow.lease_owner.is_not(None))))
+            owners |= set(s.scalars(select(SendJobRow.lease_owner).where(SendJobRow.lease_owner.is_not(None))))
+            return {o for o in owners if o}
+
+    def release_owner(self, owner: str, now: float) -> int:
+        return self.reclaim_expired(now, dead_owner_prefix=owner)
+
+    def is_derived_series(self, series_uid: str) -> bool:
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(SeriesRow).where(
+                SeriesRow.derived_series_uid == series_uid)) != 0

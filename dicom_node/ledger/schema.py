@@ -1,0 +1,131 @@
+"""The ledger's tables and the values its parts hand on: series, instances, refusals, send jobs.
+
+Pixel data stays in files (see `dicom_node.spool`); the ledger holds states, deadlines, leases and
+counts. The schema is changed only by Alembic migrations (dicom_node/migrations/).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"            # quiet period over; waiting for the synth worker
+    SYNTHESIZING = "synthesizing"
+    SENDING = "sending"
+    DONE = "done"
+    REJECTED = "rejected"            # cannot be processed as received; kept with its reason
+    FAILED = "failed"                # processed, but some destination never took it
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    processed_generation: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+    deadline_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    derived_series_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    derived_count: Mapped[int] = mapped_column(Integer, default=0)
+    synth_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[float] = mapped_column(Float)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)   # of the spool file, to reconcile after a crash
+
+
+class RefusedRow(Base):
+    """An instance refused for lack of space (0xA700) and not stored since: its series waits for it."""
+
+    __tablename__ = "refused_instances"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    refused_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class SendJobRow(Base):
+    __tablename__ = "send_jobs"
+    __table_args__ = (UniqueConstraint("series_uid", "destination"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_status: Mapped[str] = mapped_column(String(32), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RecordOutcome(enum.StrEnum):
+    NEW = "new"                  # first copy of this instance
+    DUPLICATE = "duplicate"      # same SOP Instance UID and same bytes as held
+    CHANGED = "changed"          # same SOP Instance UID, different bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesClaim:
+    series_uid: str
+    study_uid: str
+    generation: int
+    refused: int = 0          # instances refused (0xA700) and never sent again, after the wait ran out
+
+
+@dataclass(frozen=True, slots=True)
+class SendClaim:
+    job_id: int
+    series_uid: str
+    destination: str
+    derived_series_uid: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    initial_s: float
+    max_s: float
+    max_attempts: int
+
+    def delay_s(self, attempts: int) -> float:
+        """Delay before attempt `attempts + 1`, after `attempts` failures (≥ 1)."""
+        return float(min(self.max_s, self.initial_s * 2 ** max(0, attempts - 1)))
