@@ -43,11 +43,33 @@ def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
           "folder_destinations": [{"name": "p", "path": "x"}]}, r"destination names must be unique.*\['p'\]"),
         ({"node": {"host": "0.0.0.0"}}, r"listens beyond loopback with an empty node.allowed_callers"),
         ({"node": {"allowed_callers": ["OK", 3]}}, r"node.allowed_callers: expected a list of str"),
+        ({"node": {"max_pdu": 1000}}, r"node.max_pdu must be in 16384-16777216 bytes \(or 0, deprecated"),
+        ({"node": {"max_pdu": 1 << 30}}, r"node.max_pdu must be in 16384-16777216 bytes.*got 1073741824"),
+        ({"node": {"max_associations": 0}}, r"node.max_associations must be in 1-1000, got 0"),
+        ({"node": {"max_pending": 0}}, r"node.max_pending must be in 1-10000, got 0"),
+        ({"node": {"max_pending_per_address": 65}}, r"node.max_pending_per_address must be in 1-node.max_pending "
+                                                     r"\(64\), got 65"),
+        ({"node": {"association_request_timeout_s": 0}}, r"node.association_request_timeout_s must be in \(0, 120\]"),
+        ({"node": {"association_request_timeout_s": float("nan")}}, r"association_request_timeout_s.*got nan"),
+        ({"node": {"pdu_read_timeout_s": float("inf")}}, r"node.pdu_read_timeout_s must be in \(0, 600\], got inf"),
+        ({"node": {"max_dataset_mb": 0}}, r"node.max_dataset_mb must be in 1-4096, got 0"),
+        ({"node": {"max_dataset_mb": 64.0}}, r"node.max_dataset_mb: expected int, got 64.0"),
     ],
 )
 def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, source="cfg.toml")
+
+
+def test_association_policy_defaults_and_the_deprecated_unlimited_pdu() -> None:
+    node = parse_config({}).node
+    assert (node.max_pdu, node.max_pdu_bytes, node.max_associations, node.max_pending, node.max_pending_per_address,
+            node.association_request_timeout_s, node.pdu_read_timeout_s, node.max_dataset_mb) == (
+        1 << 20, 1 << 20, 32, 64, 16, 5.0, 30.0, 64)
+    assert node.max_dataset_bytes == 64 << 20
+    legacy = parse_config({"node": {"max_pdu": 0}}).node   # an existing config stays valid: 0 means the default
+    assert legacy.max_pdu == 0 and legacy.max_pdu_bytes == 1 << 20
+    assert parse_config({"node": {"max_pdu": 65536}}).node.max_pdu_bytes == 65536
 
 
 def test_non_loopback_listener_allowed_with_allow_list_or_explicit_any() -> None:
