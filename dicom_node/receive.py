@@ -102,7 +102,7 @@ class StoreSCP:
     def start(self) -> None:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REQUESTED, self._check_caller),
             (evt.EVT_C_STORE, self._handle_store),
@@ -129,11 +129,11 @@ class StoreSCP:
         self._polling.stop()
         logger.info("Storage SCP stopped")
 
-    def _on_open(self, event: evt.Event) -> None:
-        self._polling.touch(event.assoc.dul)
+    def _on_accepted(self, event: evt.Event) -> None:
+        self._polling.touch(event.assoc)
 
     def _on_close(self, event: evt.Event) -> None:
-        self._polling.forget(event.assoc.dul)
+        self._polling.forget(event.assoc)
 
     def _check_caller(self, event: evt.Event) -> None:
         """EVT_REQUESTED: refuse callers not on the allow-list (AE title, optionally with host)."""
@@ -159,7 +159,7 @@ class StoreSCP:
         return status
 
     def _handle_store(self, event: evt.Event) -> int:
-        self._polling.touch(event.assoc.dul)
+        self._polling.touch(event.assoc)
         calling_ae = str(event.assoc.requestor.ae_title)
         if self._accept_store is not None and (status := self._accept_store()) != STATUS_SUCCESS:
             return self._refuse(status)
