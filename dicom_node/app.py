@@ -93,7 +93,10 @@ class Node:
         self.scp: StoreSCP | None = None
         if cfg.node.receive:
             self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
-                                on_refused=lambda status: self.metrics.refused.labels(f"0x{status:04X}").inc())
+                                on_refused=lambda status: self.metrics.refused.labels(f"0x{status:04X}").inc(),
+                                on_connection_refused=lambda reason: self.metrics.connections_refused.labels(
+                                    reason).inc())
+            self.metrics.watch_associations(self.scp.slot_usage)
         self._stop = threading.Event()
         self._wake_synth = threading.Event()
         self._wake_send = {name: threading.Event() for name in cfg.destination_names()}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dicom_node.assocguard import SlotUsage
 from dicom_node.ledger import Ledger
 
 SYNTH_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -35,6 +36,22 @@ class _LedgerCollector(Collector):
         yield disk
 
 
+class _AssociationCollector(Collector):
+    def __init__(self, usage: Callable[[], SlotUsage]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        usage = self._usage()
+        by_state = GaugeMetricFamily("dicom_node_associations", "DICOM connections: active (holding an association "
+                                     "slot) or pending (accepted, not associated yet)", labels=["state"])
+        by_state.add_metric(["active"], usage.active)
+        by_state.add_metric(["pending"], usage.pending)
+        yield by_state
+        slots = GaugeMetricFamily("dicom_node_association_slots", "Association slots (node.max_associations)")
+        slots.add_metric([], usage.max_associations)
+        yield slots
+
+
 class NodeMetrics:
     """One registry per node (tests run several nodes in one process)."""
 
@@ -52,7 +69,14 @@ class NodeMetrics:
                                      ["destination"], registry=r)
         self.send_failures = Counter("dicom_node_send_failures", "Failed send attempts per destination",
                                      ["destination"], registry=r)
+        self.connections_refused = Counter("dicom_node_connections_refused",
+                                           "DICOM connections or associations refused, by reason", ["reason"],
+                                           registry=r)
         r.register(_LedgerCollector(ledger, storage_dir))
+
+    def watch_associations(self, usage: Callable[[], SlotUsage]) -> None:
+        """Report the Storage SCP's association slots (dicom_node_associations{state})."""
+        self.registry.register(_AssociationCollector(usage))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
