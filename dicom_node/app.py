@@ -72,7 +72,10 @@ class Node:
         self.scp: StoreSCP | None = None
         if cfg.node.receive:
             self.scp = StoreSCP(cfg.node, self.spool, self._on_stored, accept_store=self.disk_guard,
-                                on_refused=self._on_refused)
+                                on_refused=self._on_refused,
+                                on_connection_refused=lambda reason: self.metrics.connections_refused.labels(
+                                    reason).inc())
+            self.metrics.watch_associations(self.scp.slot_usage)
         self.supervisor = Supervisor()
         self._synth_stage: Stage | None = None
         self._send_stages: list[Stage] = []

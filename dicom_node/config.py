@@ -18,13 +18,15 @@ from synth.config import SynthConfig
 _AE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
+MIB = 1024 * 1024
+DEFAULT_MAX_PDU = MIB               # bench/README.md "max_pdu": larger PDUs receive faster; 1 MiB is past the knee
+MIN_MAX_PDU, MAX_MAX_PDU = 16 * 1024, 16 * MIB
 
 # Upper bounds: beyond these a value is a typo, and an unbounded wait or retry loop is a hang.
 MAX_TIMEOUT_S = 3600.0            # network, DIMSE and send timeouts, lease: one hour
 MAX_PERIOD_S = 86400.0            # quiet period, retry delays, sweep interval: one day
 MAX_ATTEMPTS = 1000               # send attempts before a send is kept as failed
 MAX_DONE_DAYS = 3650.0            # retention of finished work: ten years
-MAX_PDU_BYTES = 2**32 - 1         # the PDU length field is 32 bits
 SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
 
 
@@ -61,7 +63,7 @@ class NodeSection:
     port: int = 11112
     storage_dir: str = "var"
     uid_root: str = ""               # empty: UUID-derived UIDs under 2.25
-    max_pdu: int = 0                 # 0 = unlimited
+    max_pdu: int = DEFAULT_MAX_PDU   # bytes; the longest P-DATA PDU we accept (0: deprecated, the default)
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     receive_poll_us: int = 20        # how often a busy association is polled (pynetdicom: 1000); see polling.py
@@ -74,6 +76,13 @@ class NodeSection:
     tls_cert: str = ""               # PEM certificate: the SCP speaks DICOM TLS when set
     tls_key: str = ""
     tls_ca: str = ""                 # when set, callers must present a certificate signed by it
+    # Association policy (deploy/README.md "Association policy"; dicom_node/assocguard.py)
+    max_associations: int = 32       # established associations at once; more are refused (local limit)
+    max_pending: int = 64            # connections not yet associated, all peers together
+    max_pending_per_address: int = 16   # ... and from one peer address; more are closed at once
+    association_request_timeout_s: float = 5.0   # accept (and TLS handshake) to a complete A-ASSOCIATE-RQ
+    pdu_read_timeout_s: float = 30.0  # a PDU, once its first byte has come, must be complete within this
+    max_dataset_mb: int = 64         # a C-STORE data set (inflated, if deflated) above this: 0xA700
 
     def __post_init__(self) -> None:
         _check_ae("node.ae_title", self.ae_title)
@@ -85,8 +94,6 @@ class NodeSection:
                              f"got {self.uid_root!r}")
         _check_range("node.dimse_timeout_s", self.dimse_timeout_s, MAX_TIMEOUT_S, "one hour")
         _check_range("node.network_timeout_s", self.network_timeout_s, MAX_TIMEOUT_S, "one hour")
-        if not 0 <= self.max_pdu <= MAX_PDU_BYTES:
-            raise ValueError(f"node.max_pdu must be 0 (unlimited) or a size up to {MAX_PDU_BYTES}, got {self.max_pdu}")
         if not 1 <= self.receive_poll_us <= 1000:
             raise ValueError(f"node.receive_poll_us must be in 1-1000, got {self.receive_poll_us}")
         if not 0 < self.disk_watermark <= 1:
@@ -102,6 +109,35 @@ class NodeSection:
             raise ValueError("node.tls_cert and node.tls_key must be set together")
         if self.tls_ca and not self.tls_cert:
             raise ValueError("node.tls_ca needs node.tls_cert and node.tls_key")
+        self._check_association_policy()
+
+    def _check_association_policy(self) -> None:
+        if self.max_pdu != 0 and not MIN_MAX_PDU <= self.max_pdu <= MAX_MAX_PDU:
+            raise ValueError(f"node.max_pdu must be in {MIN_MAX_PDU}-{MAX_MAX_PDU} bytes (or 0, deprecated: "
+                             f"the default {DEFAULT_MAX_PDU}), got {self.max_pdu}")
+        if not 1 <= self.max_associations <= 1000:
+            raise ValueError(f"node.max_associations must be in 1-1000, got {self.max_associations}")
+        if not 1 <= self.max_pending <= 10000:
+            raise ValueError(f"node.max_pending must be in 1-10000, got {self.max_pending}")
+        if not 1 <= self.max_pending_per_address <= self.max_pending:
+            raise ValueError(f"node.max_pending_per_address must be in 1-node.max_pending ({self.max_pending}), "
+                             f"got {self.max_pending_per_address}")
+        if not 0 < self.association_request_timeout_s <= 120:
+            raise ValueError(f"node.association_request_timeout_s must be in (0, 120], "
+                             f"got {self.association_request_timeout_s}")
+        if not 0 < self.pdu_read_timeout_s <= 600:
+            raise ValueError(f"node.pdu_read_timeout_s must be in (0, 600], got {self.pdu_read_timeout_s}")
+        if not 1 <= self.max_dataset_mb <= 4096:
+            raise ValueError(f"node.max_dataset_mb must be in 1-4096, got {self.max_dataset_mb}")
+
+    @property
+    def max_pdu_bytes(self) -> int:
+        """The maximum PDU length the SCP negotiates and enforces; `max_pdu = 0` means the default."""
+        return self.max_pdu or DEFAULT_MAX_PDU
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        return self.max_dataset_mb * MIB
 
     def caller_allowed(self, ae_title: str, host: str) -> bool:
         if not self.allowed_callers:

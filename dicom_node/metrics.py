@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dicom_node.assocguard import SlotUsage
 from dicom_node.ledger import Ledger, queries
 
 WEB_AUTH_KINDS = ("login", "bearer")
@@ -35,6 +36,22 @@ class _LedgerCollector(Collector):
         disk = GaugeMetricFamily("dicom_node_disk_used_ratio", "Used fraction of the storage_dir file system")
         disk.add_metric([], usage.used / usage.total)
         yield disk
+
+
+class _AssociationCollector(Collector):
+    def __init__(self, usage: Callable[[], SlotUsage]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        usage = self._usage()
+        by_state = GaugeMetricFamily("dicom_node_associations", "DICOM connections: active (holding an association "
+                                     "slot) or pending (accepted, not associated yet)", labels=["state"])
+        by_state.add_metric(["active"], usage.active)
+        by_state.add_metric(["pending"], usage.pending)
+        yield by_state
+        slots = GaugeMetricFamily("dicom_node_association_slots", "Association slots (node.max_associations)")
+        slots.add_metric([], usage.max_associations)
+        yield slots
 
 
 class NodeMetrics:
@@ -70,7 +87,14 @@ class NodeMetrics:
                                         "HTTP requests refused with 413: body above web.max_body_bytes", registry=r)
         self.web_previews_busy = Counter("dicom_node_web_previews_busy",
                                          "Preview requests answered 503 because the renderer was busy", registry=r)
+        self.connections_refused = Counter("dicom_node_connections_refused",
+                                           "DICOM connections or associations refused, by reason", ["reason"],
+                                           registry=r)
         r.register(_LedgerCollector(ledger, storage_dir))
+
+    def watch_associations(self, usage: Callable[[], SlotUsage]) -> None:
+        """Report the Storage SCP's association slots (dicom_node_associations{state})."""
+        self.registry.register(_AssociationCollector(usage))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,10 +32,15 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dsutils import encode_file_meta
 
+from dicom_node.assocguard import AssociationGuard, AssociationLimits, Refusal, SlotUsage
+from dicom_node.assocserver import GuardedServer, start_guarded_server
 from dicom_node.config import NodeSection
+from dicom_node.datasetlimit import DatasetTooLargeError, read_identifiers
 from dicom_node.netutil import VERIFICATION, server_tls_context, set_nodelay
+from dicom_node.pdusocket import quiet_cut_pdus
 from dicom_node.polling import AdaptivePolling
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.uids import checked_uid
@@ -68,7 +73,14 @@ TRANSFER_SYNTAXES: list[UID] = [
 ]
 
 FILE_PREAMBLE = b"\x00" * 128 + b"DICM"
-REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED = 0x01, 0x01, 0x03
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)   # permanent, service user, calling AE title not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)    # permanent, service user, called AE title not recognised
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
+REJECTION_REASONS = {REJECT_CALLING_AE[1:]: (Refusal.CALLING_AE, "calling AE title not allowed: node.allowed_callers"),
+                     REJECT_CALLED_AE[1:]: (Refusal.CALLED_AE, "called AE title is not ours"),
+                     REJECT_LOCAL_LIMIT[1:]: (Refusal.LOCAL_LIMIT, "local limit exceeded")}
+ABORT_GRACE_S = 1.0                      # after the drain: time for A-ABORTs to go out before sockets shut
 
 OnStored = Callable[[StoredInstance, str], None]
 """Called with the stored instance and the calling AE title; must be quick and may raise OSError."""
@@ -79,19 +91,23 @@ OnRefused = Callable[[int, str | None, str | None], None]
 class StoreSCP:
     def __init__(self, cfg: NodeSection, spool: Spool, on_stored: OnStored,
                  accept_store: Callable[[], int] | None = None,
-                 on_refused: OnRefused | None = None) -> None:
+                 on_refused: OnRefused | None = None,
+                 on_connection_refused: Callable[[str], None] | None = None) -> None:
         self._cfg, self._spool, self._on_stored = cfg, spool, on_stored
         self._accept_store = accept_store      # returns 0 to accept, or a failure status (e.g. disk full)
         self._on_refused = on_refused          # told every failure status we answer (metrics, waiting series)
         self._ae = AE(ae_title=cfg.ae_title)
         self._ae.add_supported_context(VERIFICATION)
         self._ae.add_supported_context(CTImageStorage, TRANSFER_SYNTAXES)
-        self._ae.maximum_pdu_size = cfg.max_pdu
+        self._limits = AssociationLimits.from_config(cfg)
+        self._guard = AssociationGuard(self._limits, on_refused=on_connection_refused)  # told each reason
+        self._ae.maximum_pdu_size = cfg.max_pdu_bytes
+        self._ae.maximum_associations = self._limits.pynetdicom_ceiling   # the guard decides, not pynetdicom
         self._ae.dimse_timeout = cfg.dimse_timeout_s
         self._ae.network_timeout = cfg.network_timeout_s
-        self._ae.acse_timeout = cfg.network_timeout_s
+        self._ae.acse_timeout = cfg.association_request_timeout_s   # waiting for the A-ASSOCIATE-RQ; ARTIM
         self._ae.require_called_aet = True
-        self._server: object | None = None
+        self._server: GuardedServer | None = None
         self._polling = AdaptivePolling(cfg.receive_poll_us / 1e6)
 
     @property
@@ -99,61 +115,98 @@ class StoreSCP:
         server = self._server
         if server is None:
             raise RuntimeError("the Storage SCP is not started")
-        return int(server.server_address[1])  # type: ignore[attr-defined]
+        return int(server.server_address[1])
+
+    def slot_usage(self) -> SlotUsage:
+        """Association slots in use and connections waiting to associate (readiness, metrics)."""
+        return self._guard.usage()
 
     def start(self) -> None:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_close),
-            (evt.EVT_REQUESTED, self._check_caller),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_REJECTED, self._log_rejected),
         ]
+        if self._cfg.max_pdu == 0:
+            logger.warning("node.max_pdu = 0 is deprecated (it meant unlimited): using the default %d bytes; "
+                           "set node.max_pdu to a value in bytes", self._cfg.max_pdu_bytes)
+        quiet_cut_pdus()
         self._polling.start()
-        self._server = self._ae.start_server((self._cfg.host, self._cfg.port), block=False,
-                                             evt_handlers=handlers, ssl_context=server_tls_context(self._cfg))
+        self._server = start_guarded_server(self._ae, (self._cfg.host, self._cfg.port), guard=self._guard,
+                                            evt_handlers=handlers, tls_context=server_tls_context(self._cfg))
         logger.info("Storage SCP %s listening on %s:%d%s", self._cfg.ae_title, self._cfg.host, self.port,
                     " (DICOM TLS)" if self._cfg.tls_cert else "")
 
     def drain(self, timeout_s: float) -> None:
-        """Stop accepting associations, let those in flight finish (up to `timeout_s`), then stop."""
+        """Stop accepting; close connections that have not associated; let associations in flight finish
+        (up to `timeout_s`); then abort what is left, whatever its peer does, and stop."""
         server = self._server
         if server is None:
             return
-        socketserver.BaseServer.shutdown(server)  # type: ignore[arg-type]   # ends serve_forever only
-        server.server_close()  # type: ignore[attr-defined]                  # no new connections
+        socketserver.BaseServer.shutdown(server)                  # ends serve_forever only
+        server.server_close()                                     # no new connections
+        self._guard.shut(pending=True)                            # nothing in flight on those
         deadline = time.monotonic() + timeout_s
-        while server.active_associations and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while self._guard.usage().active and time.monotonic() < deadline:
             time.sleep(0.05)
-        server.shutdown()  # type: ignore[attr-defined]                      # aborts what is left
+        if left := self._guard.active_associations():
+            logger.warning("aborting %d association(s) still open after the %.0f s drain", len(left), timeout_s)
+            for assoc in left:
+                assoc.abort(block=False)                          # queued: the DUL sends it if it can
+            grace = time.monotonic() + ABORT_GRACE_S
+            while self._guard.usage().active and time.monotonic() < grace:
+                time.sleep(0.05)
+            self._guard.shut(pending=False)                       # a peer in the middle of a PDU: EOF now
+        server.shutdown()
         self._server = None
         self._polling.stop()
         logger.info("Storage SCP stopped")
 
-    def _on_open(self, event: evt.Event) -> None:
-        self._polling.touch(event.assoc.dul)
+    def _on_accepted(self, event: evt.Event) -> None:
+        self._polling.touch(event.assoc)
 
     def _on_close(self, event: evt.Event) -> None:
-        self._polling.forget(event.assoc.dul)
+        self._polling.forget(event.assoc)
 
-    def _check_caller(self, event: evt.Event) -> None:
-        """EVT_REQUESTED: refuse callers not on the allow-list (AE title, optionally with host)."""
-        req = event.assoc.requestor
-        calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or "")
-        if not self._cfg.caller_allowed(calling_ae, str(req.address)):
-            # As pynetdicom rejects by itself: send A-ASSOCIATE-RJ, tell EVT_REJECTED, then stop the
-            # association (kill() lets the DUL send the reject before the socket closes).
-            event.assoc.acse.send_reject(REJECT_PERMANENT, REJECT_SOURCE_USER, REJECT_CALLING_AE_NOT_RECOGNIZED)
-            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
-            event.assoc.kill()
+    def _on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: refuse a wrong called AE, callers not on the allow-list, and a full house."""
+        assoc = event.assoc
+        req = assoc.requestor
+        calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or "").strip()
+        called_ae = str(getattr(req.primitive, "called_ae_title", "") or "").strip()
+        if called_ae != self._cfg.ae_title:
+            self._reject(assoc, REJECT_CALLED_AE)
+        elif not self._cfg.caller_allowed(calling_ae, str(req.address)):
+            self._reject(assoc, REJECT_CALLING_AE)
+        elif self._guard.request(assoc) is not None:
+            self._reject(assoc, REJECT_LOCAL_LIMIT)
 
     @staticmethod
-    def _log_rejected(event: evt.Event) -> None:
-        req = event.assoc.requestor
+    def _reject(assoc: Association, rsd: tuple[int, int, int]) -> None:
+        # As pynetdicom rejects by itself: send A-ASSOCIATE-RJ, tell EVT_REJECTED, then stop the
+        # association (kill() lets the DUL send the reject before the socket closes).
+        assoc.acse.send_reject(*rsd)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _log_rejected(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        self._guard.finish(assoc)
+        req = assoc.requestor
         calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or req.ae_title or "").strip()
-        logger.warning("refused association from AE %r at %s:%s (calling or called AE not allowed)",
-                       calling_ae, req.address, req.port)
+        answer = assoc.acceptor.primitive
+        code = (int(getattr(answer, "result_source", 0) or 0), int(getattr(answer, "diagnostic", 0) or 0))
+        reason, text = REJECTION_REASONS.get(code, (Refusal.OTHER, f"source 0x{code[0]:02X}, "
+                                                                    f"diagnostic 0x{code[1]:02X}"))
+        if reason is Refusal.LOCAL_LIMIT:
+            usage = self._guard.usage()
+            text += (f": {usage.active} of {usage.max_associations} association slots in use "
+                     f"(node.max_associations), {usage.pending} connection(s) pending")
+        self._guard.report(reason, f"{req.address} {calling_ae}",
+                           "refused association from AE %r at %s:%s (%s)", calling_ae, req.address, req.port, text)
 
     def _refuse(self, status: int, series_uid: str | None = None, sop_uid: str | None = None) -> int:
         if self._on_refused is not None:
@@ -161,13 +214,18 @@ class StoreSCP:
         return status
 
     def _handle_store(self, event: evt.Event) -> int:
-        self._polling.touch(event.assoc.dul)
+        self._polling.touch(event.assoc)
         calling_ae = str(event.assoc.requestor.ae_title)
         try:
-            ds = event.dataset
+            # Bounded by node.max_dataset_mb (inflated, if deflated) and only the three UIDs: datasetlimit.py
+            ds = read_identifiers(event.request.DataSet,  # type: ignore[union-attr]
+                                  UID(event.context.transfer_syntax), self._limits.max_dataset_bytes)
             study_uid = checked_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
             series_uid = checked_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
             sop_uid = checked_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        except DatasetTooLargeError as exc:
+            logger.warning("refused C-STORE from %s: %s", calling_ae, exc)
+            return self._refuse(STATUS_OUT_OF_RESOURCES)
         except ValueError as exc:
             logger.warning("refused C-STORE from %s: %s", calling_ae, exc)
             return self._refuse(STATUS_CANNOT_UNDERSTAND)

@@ -18,6 +18,7 @@ import pydicom
 from sqlalchemy import Engine
 
 import dicom_node
+from dicom_node.assocguard import SlotUsage
 from dicom_node.ledger.queries import ping
 from dicom_node.receive import STATUS_SUCCESS
 
@@ -151,9 +152,20 @@ def destinations(node: Node) -> list[DestinationInfo]:
     return out
 
 
+def association_check(usage: SlotUsage) -> Check:
+    """Association slots in use. Always ok: a full house is load, not a fault (the node serves every
+    association it holds, and refuses more with a transient local-limit rejection that the caller
+    retries); a 503 would also let a peer that fills the slots take the node out of a balancer."""
+    detail = (f"{usage.active} of {usage.max_associations} association slots in use, "
+              f"{usage.pending} connection(s) waiting to associate")
+    if usage.full:
+        detail += ": new associations are refused (local limit exceeded) until a slot frees"
+    return Check("associations", True, detail)
+
+
 def readiness(node: Node, engine: Engine) -> list[Check]:
     """Ledger reachable, disk below the watermark, synthesizer loaded, every stage running and not
-    backing off, DICOM listener up (when receiving)."""
+    backing off, DICOM listener up and its association slots (when receiving)."""
     checks = []
     try:
         ping(engine)
@@ -184,6 +196,8 @@ def readiness(node: Node, engine: Engine) -> list[Check]:
         checks.append(Check("dicom", port is not None,
                             f"{node.cfg.node.ae_title} on port {port}" if port is not None
                             else "the DICOM listener is not running"))
+        if node.scp is not None:
+            checks.append(association_check(node.scp.slot_usage()))
     return checks
 
 

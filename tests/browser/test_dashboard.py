@@ -16,9 +16,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
-from tests.support.ledger import view as ledger_view
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
 from tests.support.ct_series import make_ct_series
+from tests.support.ledger import view as ledger_view
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

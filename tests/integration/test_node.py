@@ -21,7 +21,7 @@ from sqlalchemy import text
 from dicom_node.disk import DiskGuard
 from dicom_node.errors import StartupError
 from dicom_node.ledger import SeriesState
-from dicom_node.polling import PYNETDICOM_DELAY_S
+from dicom_node.polling import IDLE_DELAY_S, REACTOR_ATTRIBUTE
 from dicom_node.receive import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 from tests.integration.conftest import CollectingSCP, NodeFactory, send_series, wait_until
 from tests.support.ct_series import make_ct_series, position_mm, slice_normal, sorted_by_position
@@ -289,7 +289,7 @@ def test_retention_removes_finished_work_but_keeps_rejected(node_factory: NodeFa
     assert (tmp_path / "var" / "rejected" / bad_uid / "reason").read_text().startswith("single_slice")
 
 
-def test_busy_associations_are_polled_fast_and_idle_ones_at_pynetdicom_pace(
+def test_busy_associations_are_polled_fast_in_both_loops_and_idle_ones_slowly(
         node_factory: NodeFactory, pacs: CollectingSCP) -> None:
     node = node_factory(pacs=pacs, extra={"node": {"receive_poll_us": 50}})
     ae = AE(ae_title="MODALITY")
@@ -299,11 +299,15 @@ def test_busy_associations_are_polled_fast_and_idle_ones_at_pynetdicom_pace(
         assert assoc.is_established
         server = node.scp._server
         wait_until(lambda: len(server.active_associations) == 1, what="the association on the node")
-        dul = server.active_associations[0].dul
-        assert dul._run_loop_delay == 50e-6                          # just opened: busy
-        wait_until(lambda: dul._run_loop_delay == PYNETDICOM_DELAY_S, timeout_s=5, what="idle pace")
+        acceptor = server.active_associations[0]
+
+        def paces() -> tuple[float, float]:
+            return acceptor.dul._run_loop_delay, getattr(acceptor, REACTOR_ATTRIBUTE)
+
+        assert paces() == (50e-6, 50e-6)                             # just accepted: busy
+        wait_until(lambda: paces() == (IDLE_DELAY_S, IDLE_DELAY_S), timeout_s=5, what="idle pace")
         status = assoc.send_c_store(make_ct_series(slices=1, rows=16, cols=16)[0])
         assert status.Status == 0x0000
-        assert dul._run_loop_delay == 50e-6                          # a C-STORE speeds it up again
+        assert paces() == (50e-6, 50e-6)                             # a C-STORE speeds it up again
     finally:
         assoc.release()

@@ -53,11 +53,34 @@ def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
          r"web.auth_lockout_max_s must be between 120 and 604800, got 60.0"),
         ({"web": {"preview_max_slices": 1}}, r"web.preview_max_slices must be 16-4096, got 1"),
         ({"web": {"preview_wait_s": float("inf")}}, r"web.preview_wait_s: must be a finite number, got inf"),
+        ({"node": {"max_pdu": 1000}}, r"node.max_pdu must be in 16384-16777216 bytes \(or 0, deprecated"),
+        ({"node": {"max_pdu": 1 << 30}}, r"node.max_pdu must be in 16384-16777216 bytes.*got 1073741824"),
+        ({"node": {"max_associations": 0}}, r"node.max_associations must be in 1-1000, got 0"),
+        ({"node": {"max_pending": 0}}, r"node.max_pending must be in 1-10000, got 0"),
+        ({"node": {"max_pending_per_address": 65}}, r"node.max_pending_per_address must be in 1-node.max_pending "
+                                                     r"\(64\), got 65"),
+        ({"node": {"association_request_timeout_s": 0}}, r"node.association_request_timeout_s must be in \(0, 120\]"),
+        ({"node": {"association_request_timeout_s": float("nan")}}, r"association_request_timeout_s.*got nan"),
+        ({"node": {"pdu_read_timeout_s": float("inf")}}, r"node.pdu_read_timeout_s: must be a finite number, got inf"),
+        ({"node": {"pdu_read_timeout_s": 601.0}}, r"node.pdu_read_timeout_s must be in \(0, 600\], got 601.0"),
+        ({"node": {"max_dataset_mb": 0}}, r"node.max_dataset_mb must be in 1-4096, got 0"),
+        ({"node": {"max_dataset_mb": 64.0}}, r"node.max_dataset_mb: expected int, got 64.0"),
     ],
 )
 def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, source="cfg.toml")
+
+
+def test_association_policy_defaults_and_the_deprecated_unlimited_pdu() -> None:
+    node = parse_config({}).node
+    assert (node.max_pdu, node.max_pdu_bytes, node.max_associations, node.max_pending, node.max_pending_per_address,
+            node.association_request_timeout_s, node.pdu_read_timeout_s, node.max_dataset_mb) == (
+        1 << 20, 1 << 20, 32, 64, 16, 5.0, 30.0, 64)
+    assert node.max_dataset_bytes == 64 << 20
+    legacy = parse_config({"node": {"max_pdu": 0}}).node   # an existing config stays valid: 0 means the default
+    assert legacy.max_pdu == 0 and legacy.max_pdu_bytes == 1 << 20
+    assert parse_config({"node": {"max_pdu": 65536}}).node.max_pdu_bytes == 65536
 
 
 def test_non_loopback_listener_allowed_with_allow_list_or_explicit_any() -> None:
@@ -120,7 +143,7 @@ def test_check_config_reports_invalid_toml_and_missing_file(tmp_path: Path,
         ({"send": {"timeout_s": 3601}}, r"send.timeout_s must be positive and at most 3600 \(one hour\)"),
         ({"node": {"network_timeout_s": 1e9}}, r"node.network_timeout_s must be positive and at most 3600"),
         ({"node": {"dimse_timeout_s": 0}}, r"node.dimse_timeout_s must be positive and at most 3600"),
-        ({"node": {"max_pdu": -1}}, r"node.max_pdu must be 0 \(unlimited\) or a size up to 4294967295, got -1"),
+        ({"node": {"max_pdu": -1}}, r"node.max_pdu must be in 16384-16777216 bytes .*got -1"),
         ({"series": {"quiet_period_s": 86401}}, r"series.quiet_period_s must be positive and at most 86400"),
         ({"retention": {"sweep_interval_s": 1e7}}, r"retention.sweep_interval_s must be positive and at most 86400"),
         ({"retention": {"done_days": 4000}}, r"retention.done_days must be in 0-3650 \(ten years\), got 4000"),

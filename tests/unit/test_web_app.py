@@ -279,8 +279,11 @@ def test_healthz_readyz_metrics(web: WebNode) -> None:
     assert web.client.get("/healthz").json() == {"status": "alive"}
     ready = web.client.get("/readyz")
     assert ready.status_code == 200
-    assert {c["name"] for c in ready.json()["checks"]} == {"ledger", "disk", "synthesizer", "dicom", "synthesis",
-                                                           "send-pacs", "send-broken", "timers"}
+    checks = {c["name"]: c for c in ready.json()["checks"]}
+    assert set(checks) == {"ledger", "disk", "synthesizer", "dicom", "associations", "synthesis", "send-pacs",
+                           "send-broken", "timers"}
+    assert checks["associations"]["ok"]
+    assert checks["associations"]["detail"] == "0 of 32 association slots in use, 0 connection(s) waiting to associate"
     metrics = web.client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
@@ -288,6 +291,7 @@ def test_healthz_readyz_metrics(web: WebNode) -> None:
     assert 'dicom_node_send_failures_total{destination="broken"}' in text
     assert "dicom_node_synthesis_seconds_bucket" in text and "dicom_node_disk_used_ratio" in text
     assert 'dicom_node_instances_received_total{outcome="new"}' in text
+    assert 'dicom_node_associations{state="active"} 0.0' in text and "dicom_node_association_slots 32.0" in text
 
 
 def test_readyz_says_why_it_is_not_ready(tmp_path: Path) -> None:
