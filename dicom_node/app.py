@@ -28,7 +28,8 @@ from dicom_node.preflight import listen_error
 from dicom_node.ratelog import RateLimitedLog
 from dicom_node.receive import STATUS_OUT_OF_RESOURCES, StoreSCP
 from dicom_node.record import InstanceRecorder, reconcile_spool
-from dicom_node.sending import Destination, SendStage
+from dicom_node.senders import SenderContext, build_sender
+from dicom_node.sending import SendStage
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.stage import Stage, StageHealth, Supervisor
 from dicom_node.synthesis import SynthesisStage
@@ -86,11 +87,11 @@ class Node:
         self._job_log = RateLimitedLog(logger)
 
     def _build_stages(self) -> None:
-        destinations: list[Destination] = [*self.cfg.destinations, *self.cfg.folder_destinations]
-        for dest in destinations:
-            sender = SendStage(self.cfg, dest, ledger=self.ledger, spool=self.spool, metrics=self.metrics,
-                               owner=self.owner, clock=self.clock)
-            self._send_stages.append(self.supervisor.add(Stage(f"send-{dest.name}", sender.step)))
+        context = SenderContext(self.cfg.node.ae_title, self.cfg.send.timeout_s)
+        for dest in self.cfg.all_destinations():
+            sending = SendStage(self.cfg, build_sender(dest, context), ledger=self.ledger, spool=self.spool,
+                                metrics=self.metrics, owner=self.owner, clock=self.clock)
+            self._send_stages.append(self.supervisor.add(Stage(f"send-{dest.name}", sending.step)))
         synthesis = SynthesisStage(self.cfg, ledger=self.ledger, spool=self.spool, synthesizer=self.synthesizer,
                                    disk=self.disk_guard, metrics=self.metrics, owner=self.owner, clock=self.clock,
                                    on_synthesized=self._wake_senders)

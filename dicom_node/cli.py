@@ -160,7 +160,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_echo(args: argparse.Namespace) -> int:
     from dicom_node.config import DestinationSection
-    from dicom_node.send import echo
+    from dicom_node.senders.dimse import echo
 
     cfg = _load(args)
     if args.host:

@@ -315,8 +315,12 @@ class NodeConfig:
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.storage_dir / 'state.db'}"
 
+    def all_destinations(self) -> list[DestinationSection | FolderDestinationSection]:
+        """Every configured destination, of every kind, in config order by kind."""
+        return [*self.destinations, *self.folder_destinations]
+
     def destination_names(self) -> list[str]:
-        return [d.name for d in self.destinations] + [f.name for f in self.folder_destinations]
+        return [d.name for d in self.all_destinations()]
 
 
 T = TypeVar("T")

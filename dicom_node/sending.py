@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from dicom_node.config import DestinationSection, FolderDestinationSection, NodeConfig
+from dicom_node.config import NodeConfig
 from dicom_node.delivery import record_delivery
 from dicom_node.ledger import BackoffPolicy, JobState, Ledger, SendClaim
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
-from dicom_node.send import SendReport, send_dicom, send_folder
+from dicom_node.senders import Sender, SendReport
 from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite
 from dicom_node.transient import is_transient
@@ -29,13 +29,11 @@ IDLE_WAIT_S = 1.0
 MIN_WAIT_S = 0.01
 DETAIL_MAX = 500
 
-Destination = DestinationSection | FolderDestinationSection
-
 
 class SendStage:
-    def __init__(self, cfg: NodeConfig, dest: Destination, *, ledger: Ledger, spool: Spool,
+    def __init__(self, cfg: NodeConfig, sender: Sender, *, ledger: Ledger, spool: Spool,
                  metrics: NodeMetrics, owner: str, clock: Callable[[], float]) -> None:
-        self._cfg, self.dest = cfg, dest
+        self._cfg, self._sender = cfg, sender
         self._ledger, self._spool, self._metrics = ledger, spool, metrics
         self._owner, self._clock = owner, clock
         self._backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
@@ -43,7 +41,7 @@ class SendStage:
 
     def step(self) -> float | None:
         self._pending.run()
-        name = self.dest.name
+        name = self._sender.name
         claim = self._ledger.claim_send(name, self._owner, self._clock(), self._cfg.database.lease_s)
         if claim is None:
             due = self._ledger.next_send_due(name)
@@ -61,7 +59,7 @@ class SendStage:
             elapsed_s = time.monotonic() - started
             self._pending.run(lambda: self._record(claim, report, elapsed_s))
             if report.ok:                    # on disk too, for a ledger rebuilt from the spool (never raises)
-                record_delivery(self._spool.derived_dir(claim.derived_series_uid), destination=self.dest.name,
+                record_delivery(self._spool.derived_dir(claim.derived_series_uid), destination=self._sender.name,
                                 sent=report.sent, now=self._clock())
         finally:
             current_series.reset(token)
@@ -70,16 +68,14 @@ class SendStage:
     def _deliver(self, claim: SendClaim) -> SendReport:
         files = self._spool.derived_files(claim.derived_series_uid)
         if not files:
-            return SendReport(self.dest.name, 0, 0, "derived-missing", "the derived series files are missing")
-        if isinstance(self.dest, FolderDestinationSection):
-            return send_folder(files, self.dest, claim.derived_series_uid)
+            return SendReport(self._sender.name, 0, 0, "derived-missing", "the derived series files are missing")
         try:
-            return send_dicom(files, self.dest, self._cfg.node.ae_title, self._cfg.send.timeout_s)
+            return self._sender.deliver(files, derived_series_uid=claim.derived_series_uid)
         except Exception as exc:  # a peer misbehaving must not end the stage: count it as an attempt
             if is_transient(exc):
                 raise
-            logger.exception("sending series %s to %s failed", claim.series_uid, self.dest.name)
-            return SendReport(self.dest.name, len(files), 0, "error", f"{type(exc).__name__}: {exc}"[:DETAIL_MAX])
+            logger.exception("sending series %s to %s failed", claim.series_uid, self._sender.name)
+            return SendReport(self._sender.name, len(files), 0, "error", f"{type(exc).__name__}: {exc}"[:DETAIL_MAX])
 
     def _release(self, claim: SendClaim) -> None:
         self._ledger.release_send(claim, self._owner, self._clock())
@@ -87,7 +83,7 @@ class SendStage:
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
         state = self._ledger.send_finished(claim, self._owner, report.sent, report.status, report.error,
                                            report.ok, self._backoff, self._clock())
-        name = self.dest.name
+        name = self._sender.name
         self._metrics.send_attempts.labels(name).inc()
         if not report.ok:
             self._metrics.send_failures.labels(name).inc()

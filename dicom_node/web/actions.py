@@ -7,22 +7,19 @@ patient attribute.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_node import admin
 from dicom_node.admin import Done, Refusal
-from dicom_node.send import echo
+from dicom_node.senders import SenderContext, build_sender
 
 if TYPE_CHECKING:
     from dicom_node.app import Node
 
 logger = logging.getLogger(__name__)
 
-ECHO_TIMEOUT_S = 10.0
 HTTP_STATUS = {Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409}
 
 
@@ -57,27 +54,12 @@ class EchoResult:
 
 
 def check_destination(node: Node, name: str, *, who: str = "") -> EchoResult:
-    """C-ECHO a DICOM destination, or check that a folder destination is writable."""
+    """C-ECHO a DICOM destination, check that a folder is writable: whatever its kind's sender checks."""
+    dest = next((d for d in node.cfg.all_destinations() if d.name == name), None)
+    if dest is None:
+        raise ActionError(404, f"no destination named {name!r} is configured")
     started = time.monotonic()
-    for dest in node.cfg.destinations:
-        if dest.name == name:
-            try:
-                status = echo(dest, node.cfg.node.ae_title, timeout_s=min(ECHO_TIMEOUT_S, node.cfg.send.timeout_s))
-                what = "no association" if status is None else f"status 0x{status:04X}"
-            except (OSError, ValueError, RuntimeError) as exc:   # TLS and socket errors: report, not 500
-                status, what = None, f"{type(exc).__name__}: {exc}"[:200]
-            ok = status == 0
-            message = (f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: "
-                       + ("success" if ok else f"failed ({what})"))
-            break
-    else:
-        folder = next((f for f in node.cfg.folder_destinations if f.name == name), None)
-        if folder is None:
-            raise ActionError(404, f"no destination named {name!r} is configured")
-        path = Path(folder.path)
-        existing = next((p for p in (path, *path.parents) if p.exists()), path)   # created on first send
-        ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-        message = f"folder {path}: " + ("writable" if ok else f"{existing} is not a writable folder")
+    result = build_sender(dest, SenderContext(node.cfg.node.ae_title, node.cfg.send.timeout_s)).check()
     elapsed_ms = (time.monotonic() - started) * 1000
-    logger.info("web: check of destination %s by %s: %s", name, who or "unknown caller", message)
-    return EchoResult(name, ok, message, elapsed_ms)
+    logger.info("web: check of destination %s by %s: %s", name, who or "unknown caller", result.message)
+    return EchoResult(name, result.ok, result.message, elapsed_ms)

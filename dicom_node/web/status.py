@@ -21,6 +21,7 @@ import dicom_node
 from dicom_node.assocguard import SlotUsage
 from dicom_node.ledger.queries import ping
 from dicom_node.receive import STATUS_SUCCESS
+from dicom_node.senders import SenderContext, build_sender
 
 if TYPE_CHECKING:
     from dicom_node.app import Node
@@ -143,13 +144,9 @@ class DiskProbe:
 
 
 def destinations(node: Node) -> list[DestinationInfo]:
-    out = []
-    for dest in node.cfg.destinations:
-        out.append(DestinationInfo(dest.name, "dicom", f"{dest.ae_title}@{dest.host}:{dest.port}"
-                                   + (" (TLS)" if dest.tls else "")))
-    for folder in node.cfg.folder_destinations:
-        out.append(DestinationInfo(folder.name, "folder", folder.path))
-    return out
+    context = SenderContext(node.cfg.node.ae_title, node.cfg.send.timeout_s)
+    senders = [build_sender(dest, context) for dest in node.cfg.all_destinations()]
+    return [DestinationInfo(s.name, s.kind, s.describe()) for s in senders]
 
 
 def association_check(usage: SlotUsage) -> Check:

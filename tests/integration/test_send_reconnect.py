@@ -8,7 +8,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dicom_node.config import DestinationSection
-from dicom_node.send import send_dicom
+from dicom_node.senders.dimse import send_dicom
 from tests.support.ct_series import make_ct_series
 
 

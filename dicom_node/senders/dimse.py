@@ -1,4 +1,4 @@
-"""Deliver a derived series: C-STORE to a DICOM destination, or copy into a folder.
+"""DICOM destinations: C-STORE over an association (C-ECHO to check one).
 
 Every C-STORE response status is checked (pynetdicom's own storescu does not); a report says how
 many instances were taken and what the last failure was, so the ledger can retry with backoff.
@@ -7,36 +7,23 @@ many instances were taken and what the last failure was, so the ledger can retry
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from dicom_node.config import DestinationSection, FolderDestinationSection
+from dicom_node.config import DestinationSection
 from dicom_node.netutil import VERIFICATION, client_tls_args, set_nodelay
-from dicom_node.spool import atomic_write
-from dicom_node.transient import TRANSIENT_ERRNOS
+from dicom_node.senders.base import CheckResult, SenderContext, SendReport
+from dicom_node.senders.registry import sender_for
 
 logger = logging.getLogger(__name__)
 
 # C-STORE statuses that count as stored (PS3.4 B.2.3: warnings B000, B007, B006).
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
-
-
-@dataclass(frozen=True, slots=True)
-class SendReport:
-    destination: str
-    total: int
-    sent: int
-    status: str            # "ok", or the last failure, e.g. "0xA700", "association-rejected"
-    error: str             # human-readable detail of the last failure ("" when ok)
-    failed_sop_uids: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.sent == self.total and not self.failed_sop_uids
+ECHO_TIMEOUT_S = 10.0
 
 
 def _scu_ae(calling_ae: str, timeout_s: float) -> AE:
@@ -111,15 +98,30 @@ def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, tim
     return SendReport(dest.name, len(files), sent, last_status, last_error, tuple(failed))
 
 
-def send_folder(files: list[Path], dest: FolderDestinationSection, series_uid: str) -> SendReport:
-    """Copy the derived files into `<path>/<series_uid>/`, each file atomically."""
-    target = Path(dest.path) / series_uid
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        for path in files:
-            atomic_write(target / path.name, path.read_bytes())
-    except OSError as exc:
-        if exc.errno in TRANSIENT_ERRNOS:      # the folder's disk is full: no attempt, the stage waits
-            raise
-        return SendReport(dest.name, len(files), 0, "write-failed", f"{target}: {exc.strerror}")
-    return SendReport(dest.name, len(files), len(files), "ok", "")
+class DicomSender:
+    kind = "dicom"
+
+    def __init__(self, dest: DestinationSection, ctx: SenderContext) -> None:
+        self.dest, self.name, self._ctx = dest, dest.name, ctx
+
+    def describe(self) -> str:
+        d = self.dest
+        return f"{d.ae_title}@{d.host}:{d.port}" + (" (TLS)" if d.tls else "")
+
+    def deliver(self, files: Sequence[Path], *, derived_series_uid: str) -> SendReport:
+        return send_dicom(list(files), self.dest, self._ctx.calling_ae, self._ctx.timeout_s)
+
+    def check(self) -> CheckResult:
+        d = self.dest
+        try:
+            status = echo(d, self._ctx.calling_ae, timeout_s=min(ECHO_TIMEOUT_S, self._ctx.timeout_s))
+            what = "no association" if status is None else f"status 0x{status:04X}"
+        except (OSError, ValueError, RuntimeError) as exc:   # TLS and socket errors: a failed check, not a crash
+            status, what = None, f"{type(exc).__name__}: {exc}"[:200]
+        ok = status == 0
+        return CheckResult(ok, f"C-ECHO {d.ae_title}@{d.host}:{d.port}: " + ("success" if ok else f"failed ({what})"))
+
+
+@sender_for(DestinationSection)
+def _dicom(dest: DestinationSection, ctx: SenderContext) -> DicomSender:
+    return DicomSender(dest, ctx)
