@@ -157,6 +157,8 @@ class Spool:
 
     def remove_derived(self, derived_series_uid: str) -> None:
         """Delete a derived series (and any unfinished copy of it)."""
+        if not derived_series_uid:                  # derived/"" is the whole derived folder
+            raise ValueError("remove_derived needs a derived series UID, got an empty one")
         shutil.rmtree(self.derived_dir(derived_series_uid), ignore_errors=True)
         self.discard_staged(derived_series_uid)
 

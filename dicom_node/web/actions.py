@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 
 from dicom_node import admin
 from dicom_node.admin import Done, Refusal
-from dicom_node.senders import SenderContext, build_sender
 
 if TYPE_CHECKING:
-    from dicom_node.app import Node
+    from dicom_node.operations import Operations
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +31,12 @@ class ActionError(Exception):
         self.message = message
 
 
-def perform(node: Node, action: str, series_uid: str, *, destination: str | None = None,
+def perform(ops: Operations, action: str, series_uid: str, *, destination: str | None = None,
             who: str = "") -> Done:
     """Run one action (dicom_node.admin); raises ActionError (unknown series → 404, wrong state or
     destination → 409)."""
     try:
-        done = admin.perform(node.ledger, node.spool, action, series_uid, now=node.clock(),
-                             destinations=node.cfg.destination_names(), destination=destination)
+        done = ops.act(action, series_uid, destination=destination)
     except admin.AdminError as exc:
         raise ActionError(HTTP_STATUS[exc.refusal], exc.message) from exc
     logger.info("web: %s on series %s by %s: %s", action, series_uid, who or "unknown caller", done.message)
@@ -53,13 +51,13 @@ class EchoResult:
     elapsed_ms: float
 
 
-def check_destination(node: Node, name: str, *, who: str = "") -> EchoResult:
+def check_destination(ops: Operations, name: str, *, who: str = "") -> EchoResult:
     """C-ECHO a DICOM destination, check that a folder is writable: whatever its kind's sender checks."""
-    dest = next((d for d in node.cfg.all_destinations() if d.name == name), None)
-    if dest is None:
-        raise ActionError(404, f"no destination named {name!r} is configured")
     started = time.monotonic()
-    result = build_sender(dest, SenderContext(node.cfg.node.ae_title, node.cfg.send.timeout_s)).check()
+    try:
+        result = ops.check_destination(name)
+    except KeyError as exc:
+        raise ActionError(404, str(exc).strip("'\"")) from exc
     elapsed_ms = (time.monotonic() - started) * 1000
     logger.info("web: check of destination %s by %s: %s", name, who or "unknown caller", result.message)
     return EchoResult(name, result.ok, result.message, elapsed_ms)

@@ -120,7 +120,7 @@ async def preview(request: Request) -> Response:
     except PreviewError as exc:
         return error(422, f"cannot draw the {p['which']} of series {p['series_uid']}: {exc}")
     except PreviewBusyError as exc:
-        ctx.node.metrics.web_previews_busy.inc()
+        ctx.ops.metrics.web_previews_busy.inc()
         return error(503, str(exc), **{"Retry-After": str(exc.retry_after_s)})
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
@@ -158,7 +158,7 @@ async def action(request: Request) -> Response:
             return error(400, 'the request body must be an object like {"destination": "pacs"}')
         destination = payload.get("destination") or destination
     try:
-        result = await run_in_threadpool(perform, ctx.node, name, uid, destination=destination,
+        result = await run_in_threadpool(perform, ctx.ops, name, uid, destination=destination,
                                           who=ctx.who(request, identity))
     except ActionError as exc:
         return error(exc.status, exc.message)
@@ -171,7 +171,7 @@ async def check(request: Request) -> Response:
     if isinstance(identity, Response):
         return identity
     try:
-        result = await run_in_threadpool(check_destination, ctx.node, request.path_params["name"],
+        result = await run_in_threadpool(check_destination, ctx.ops, request.path_params["name"],
                                           who=ctx.who(request, identity))
     except ActionError as exc:
         return error(exc.status, exc.message)

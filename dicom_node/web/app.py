@@ -1,6 +1,6 @@
-"""The ASGI app: pages, JSON API, health and metrics over one running `Node`.
+"""The ASGI app: pages, JSON API, health and metrics over one running node's `Operations`.
 
-`build_app(node)` wires the routes and the middleware; `WebContext` holds what they share (auth and
+`build_app(ops)` wires the routes and the middleware; `WebContext` holds what they share (auth and
 its throttle, the read engine, the preview queue, templates). Handlers that touch the database or
 files are plain functions, which Starlette runs in its thread pool, so the event loop never waits on
 them; what must answer whatever that pool is doing (health, the refusal of a locked-out address, an
@@ -22,7 +22,7 @@ from dicom_node.web.guard import BearerGuard
 from dicom_node.web.limits import BodyLimit
 
 if TYPE_CHECKING:
-    from dicom_node.app import Node
+    from dicom_node.operations import Operations
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -56,7 +56,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def build_app(node: Node) -> Starlette:
+def build_app(ops: Operations) -> Starlette:
     routes = [
         Route("/", pages.overview, name="overview"),
         Route("/series", pages.series_list, name="series_list"),
@@ -83,10 +83,10 @@ def build_app(node: Node) -> Starlette:
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)
-    ctx = WebContext(node)
+    ctx = WebContext(ops)
     app.state.ctx = ctx
     # add_middleware puts each one outside the ones before: SecurityHeaders → BodyLimit → BearerGuard → routes
     app.add_middleware(BearerGuard, guard=ctx.guard, auth=ctx.auth)
-    app.add_middleware(BodyLimit, max_bytes=node.cfg.web.max_body_bytes, on_refused=node.metrics.web_body_refused.inc)
+    app.add_middleware(BodyLimit, max_bytes=ops.cfg.web.max_body_bytes, on_refused=ops.metrics.web_body_refused.inc)
     app.add_middleware(SecurityHeaders)
     return app

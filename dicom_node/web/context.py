@@ -1,4 +1,4 @@
-"""What the web handlers share: the node, auth, the read engine, the preview cache, templates."""
+"""What the web handlers share: the node's operations, auth, the read engine, the preview cache, templates."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import pydicom
@@ -17,30 +17,22 @@ from starlette.templating import Jinja2Templates
 
 from dicom_node.ledger import queries
 from dicom_node.ledger.queries import SendView, SeriesView, Throughput, read_engine
+from dicom_node.operations import Check, DestinationInfo, ModelInfo, Operations
 from dicom_node.web.auth import Auth, Identity
 from dicom_node.web.guard import AuthGuard
 from dicom_node.web.preview import VIEWS
 from dicom_node.web.preview_queue import PreviewQueue
 from dicom_node.web.status import (
-    Check,
-    DestinationInfo,
     DiskInfo,
     DiskProbe,
     HeaderInfo,
-    ModelInfo,
     PatientInfo,
     ReadinessProbe,
-    destinations,
     header_info,
-    model_info,
     patient_info,
-    readiness,
     software_version,
 )
 from dicom_node.web.throttle import AuthThrottle
-
-if TYPE_CHECKING:
-    from dicom_node.app import Node
 
 HERE = Path(__file__).resolve().parent
 WHICH = ("input", "output")
@@ -135,22 +127,22 @@ def _templates() -> Jinja2Templates:
 
 
 class WebContext:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg = node.cfg.web
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        cfg = ops.cfg.web
         self.auth = Auth(cfg)
-        self.guard = AuthGuard(AuthThrottle.from_config(cfg), node.metrics)
-        self.engine = read_engine(node.ledger.engine)
+        self.guard = AuthGuard(AuthThrottle.from_config(cfg), ops.metrics)
+        self.engine = read_engine(ops.ledger_engine)
         self.previews = PreviewQueue(max_slices=cfg.preview_max_slices, wait_s=cfg.preview_wait_s)
-        self.readiness = ReadinessProbe(node, self.engine)
-        self.disk = DiskProbe(node)
+        self.readiness = ReadinessProbe(ops, self.engine)
+        self.disk = DiskProbe(ops)
         self.templates = _templates()
         self.started_at = time.time()
 
     def close(self) -> None:
         self.previews.close()
         self.readiness.close()
-        if self.engine is not self.node.ledger.engine:
+        if self.engine is not self.ops.ledger_engine:
             self.engine.dispose()
 
     def identify(self, request: Request) -> Identity:
@@ -162,33 +154,29 @@ class WebContext:
 
     # -- data shared by the pages and the API ------------------------------------------------------
     def node_facts(self) -> NodeFacts:
-        node = self.node
-        try:
-            port = node.scp.port if node.scp is not None else None
-        except RuntimeError:
-            port = None
-        return NodeFacts(node.cfg.node.ae_title, port, node.cfg.node.receive, node.cfg.node.process,
-                         software_version(), node.owner, self.started_at, self.engine.url.get_backend_name(),
+        cfg = self.ops.cfg.node
+        return NodeFacts(cfg.ae_title, self.ops.dicom_port(), cfg.receive, cfg.process, software_version(),
+                         self.ops.owner, self.started_at, self.engine.url.get_backend_name(),
                          self.auth.public_read, self.auth.actions_enabled)
 
     def overview(self) -> Overview:
-        now = self.node.clock()
+        now = self.ops.clock()
         return Overview(
-            node=self.node_facts(), model=model_info(self.node), disk=self.disk(),
+            node=self.node_facts(), model=self.ops.model(), disk=self.disk(),
             series_by_state=queries.series_counts(self.engine),
-            sends_by_destination=queries.send_counts(self.engine, self.node.cfg.destination_names()),
-            destinations=destinations(self.node),
+            sends_by_destination=queries.send_counts(self.engine, self.ops.cfg.destination_names()),
+            destinations=self.ops.destinations(),
             last_hour=queries.throughput(self.engine, now, 3600.0),
             last_day=queries.throughput(self.engine, now, 86400.0),
-            checks=readiness(self.node, self.engine))
+            checks=self.ops.readiness(self.engine))
 
     def _files(self, view: SeriesView, which: str) -> list[Path]:
         if which == "input":
-            return self.node.spool.instance_files(view.series_uid)
+            return self.ops.input_files(view.series_uid)
         if which == "output":
             if not view.derived_series_uid:
                 return []
-            return self.node.spool.derived_files(view.derived_series_uid)
+            return self.ops.output_files(view.derived_series_uid)
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
 
     def series_detail(self, series_uid: str, identity: Identity) -> SeriesDetail:
@@ -208,9 +196,9 @@ class WebContext:
         return SeriesDetail(view, header, patient, len(inputs), len(outputs))
 
     def destination_views(self) -> list[DestinationView]:
-        counts = queries.send_counts(self.engine, self.node.cfg.destination_names())
+        counts = queries.send_counts(self.engine, self.ops.cfg.destination_names())
         out = []
-        infos = {d.name: d for d in destinations(self.node)}
+        infos = {d.name: d for d in self.ops.destinations()}
         for name in counts:
             info = infos.get(name, DestinationInfo(name, "removed", "no longer in the config"))
             out.append(DestinationView(

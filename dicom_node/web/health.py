@@ -37,4 +37,4 @@ def metrics(request: Request) -> Response:
     if not ctx.auth.can_read(identity):
         return JSONResponse({"error": "login required (web.public_read is false): send a bearer token"},
                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    return Response(ctx.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(ctx.ops.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

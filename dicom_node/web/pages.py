@@ -30,7 +30,7 @@ MAX_PAGE = queries.MAX_OFFSET // PAGE_SIZE
 def _render(request: Request, ctx: WebContext, identity: Identity, template: str, status: int = 200,
             **values: Any) -> Response:
     context = {
-        "title": values.pop("title", ""), "identity": identity, "ae_title": ctx.node.cfg.node.ae_title,
+        "title": values.pop("title", ""), "identity": identity, "ae_title": ctx.ops.cfg.node.ae_title,
         "actions_enabled": ctx.auth.actions_enabled, "csrf": ctx.auth.csrf_token(identity),
         "csrf_field": CSRF_FIELD, "message": request.query_params.get("msg", ""), "refresh_s": 0,
         "version": ctx.node_facts().version, "path": request.url.path, **values,
@@ -89,7 +89,7 @@ def series_page(request: Request) -> Response:
     state = detail.series.state
     allowed = admin.allowed(state, has_sends=bool(detail.series.sends))
     return _render(request, ctx, identity, "series.html", title=f"Series {uid}", d=detail, s=detail.series,
-                   allowed=allowed, destination_names=ctx.node.cfg.destination_names(),
+                   allowed=allowed, destination_names=ctx.ops.cfg.destination_names(),
                    show_patient=ctx.auth.patient_data_visible(identity),
                    refresh_s=0 if state in TERMINAL else 5)   # follow work in progress
 
@@ -99,7 +99,7 @@ def destinations(request: Request) -> Response:
     if isinstance(identity, Response):
         return identity
     return _render(request, ctx, identity, "destinations.html", title="Destinations",
-                   views=ctx.destination_views(), now=ctx.node.clock())
+                   views=ctx.destination_views(), now=ctx.ops.clock())
 
 
 def api_docs(request: Request) -> Response:
@@ -201,7 +201,7 @@ async def action(request: Request) -> Response:
         return _error_page(request, ctx, identity, 400, "discarding needs the confirmation box ticked")
     destination = form.get("destination") or None
     try:
-        result = await run_in_threadpool(perform, ctx.node, name, uid, destination=destination,
+        result = await run_in_threadpool(perform, ctx.ops, name, uid, destination=destination,
                                           who=ctx.who(request, identity))
     except ActionError as exc:
         return _error_page(request, ctx, identity, exc.status, exc.message)
@@ -217,7 +217,7 @@ async def check(request: Request) -> Response:
         return acting
     ctx, identity, _form_values = acting
     try:
-        result = await run_in_threadpool(check_destination, ctx.node, name, who=ctx.who(request, identity))
+        result = await run_in_threadpool(check_destination, ctx.ops, name, who=ctx.who(request, identity))
     except ActionError as exc:
         return _error_page(request, ctx, identity, exc.status, exc.message)
     message = f"{name}: {result.message} ({result.elapsed_ms:.0f} ms)"

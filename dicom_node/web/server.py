@@ -19,7 +19,7 @@ from dicom_node.web.app import build_app
 from dicom_node.web.context import WebContext
 
 if TYPE_CHECKING:
-    from dicom_node.app import Node
+    from dicom_node.operations import Operations
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class WebServer:
-    def __init__(self, node: Node) -> None:
-        self._cfg = node.cfg.web
-        self.app = build_app(node)
+    def __init__(self, ops: Operations) -> None:
+        self._cfg = ops.cfg.web
+        self.app = build_app(ops)
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

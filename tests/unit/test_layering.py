@@ -32,14 +32,15 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Absolute module names imported by a file (relative imports resolved), TYPE_CHECKING blocks skipped."""
+def imported_modules(path: Path, *, type_checking: bool = False) -> set[str]:
+    """Absolute module names imported by a file (relative imports resolved); TYPE_CHECKING blocks are
+    skipped unless `type_checking`."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -133,6 +134,13 @@ def test_dicom_node_imports_only_the_synth_runtime_api() -> None:
                                                   if m.split(".")[0] == "synth" and m not in RUNTIME_API
                                                   and m.rpartition(".")[0] not in RUNTIME_API - {"synth"})
                  for p in _files("dicom_node")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_web_sees_the_node_only_through_its_operations() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p, type_checking=True)
+                                                  if m == "dicom_node.app" or m.startswith("dicom_node.app."))
+                 for p in sorted((ROOT / "dicom_node" / "web").rglob("*.py"))}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

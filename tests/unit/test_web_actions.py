@@ -29,7 +29,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
         {"name": "broken", "ae_title": "BROKEN", "host": "127.0.0.1", "port": broken.port}])))
     node.start()
     try:
-        yield WebNode(node, TestClient(build_app(node)), pacs, broken, "", "", "", [], tmp)
+        yield WebNode(node, TestClient(build_app(node.operations)), pacs, broken, "", "", "", [], tmp)
     finally:
         node.stop(drain_s=2.0)
         pacs.stop()
@@ -121,7 +121,7 @@ def test_action_refusals(web: WebNode) -> None:
 def test_no_token_means_no_actions(tmp_path: Path) -> None:
     raw = node_config(tmp_path)
     raw["web"] = {"token": ""}
-    client = TestClient(build_app(Node(parse_config(raw))))
+    client = TestClient(build_app(Node(parse_config(raw)).operations))
     refused = client.post("/api/series/1.2.3/retry", headers=BEARER)
     assert refused.status_code == 403 and "web.token is empty" in refused.json()["error"]
     assert "Logging in is disabled" in client.get("/login").text
@@ -146,7 +146,7 @@ def test_check_reports_an_unreachable_destination(tmp_path: Path) -> None:
     raw = node_config(tmp_path, destinations=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": 9}])
     raw["send"]["timeout_s"] = 2.0
     raw["folder_destinations"] = [{"name": "outbox", "path": str(tmp_path / "not" / "yet")}]
-    client = TestClient(build_app(Node(parse_config(raw))))
+    client = TestClient(build_app(Node(parse_config(raw)).operations))
     gone = client.post("/api/destinations/gone/check", headers=BEARER).json()
     assert gone["ok"] is False and "no association" in gone["message"]
     outbox = client.post("/api/destinations/outbox/check", headers=BEARER).json()

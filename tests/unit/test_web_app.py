@@ -124,7 +124,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
     node = Node(parse_config(raw))
     node.start()
     try:
-        wn = WebNode(node, TestClient(build_app(node)), pacs, broken, "", "", "", logs, tmp)
+        wn = WebNode(node, TestClient(build_app(node.operations)), pacs, broken, "", "", "", logs, tmp)
         wn.failed_uid = wn.send(series(1), "failed")
         broken.status = 0
         wn.done_uid = wn.send(series(2), "done")
@@ -298,7 +298,7 @@ def test_readyz_says_why_it_is_not_ready(tmp_path: Path) -> None:
     raw = node_config(tmp_path)
     raw["node"]["disk_watermark"] = 0.0001            # any real disk is above this
     node = Node(parse_config(raw))                     # not started: no DICOM listener either
-    response = TestClient(build_app(node)).get("/readyz")
+    response = TestClient(build_app(node.operations)).get("/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["ready"] is False
@@ -373,7 +373,7 @@ def test_forged_session_cookie_is_ignored(web: WebNode) -> None:
 
 def test_private_node_needs_login_to_read(tmp_path: Path) -> None:
     node = Node(parse_config(node_config(tmp_path, public_read=False)))
-    client = TestClient(build_app(node))
+    client = TestClient(build_app(node.operations))
     redirect = client.get("/series", follow_redirects=False)
     assert redirect.status_code == 303 and redirect.headers["location"].startswith("/login?next=%2Fseries")
     assert client.get("/api/series").status_code == 401

@@ -29,7 +29,7 @@ GUESSES = [f"guess-{i}-Zq8pX" for i in range(6)]
 
 def app(tmp_path: Path, **web: Any) -> TestClient:
     node = Node(parse_config(node_config(tmp_path, **web)))
-    return TestClient(build_app(node), client=ATTACKER)
+    return TestClient(build_app(node.operations), client=ATTACKER)
 
 
 def metric(client: TestClient, line: str) -> float:
@@ -107,7 +107,7 @@ def test_an_empty_authorization_header_is_no_credential(tmp_path: Path) -> None:
 
 def test_a_token_less_node_counts_any_bearer_as_a_failure(tmp_path: Path) -> None:
     node = Node(parse_config(node_config(tmp_path, token="", show_patient_data=False, auth_max_failures=1)))
-    client = TestClient(build_app(node), client=ATTACKER)
+    client = TestClient(build_app(node.operations), client=ATTACKER)
     assert client.get("/api/series", headers={"Authorization": "Bearer anything"}).status_code == 401
     assert client.get("/api/series", headers={"Authorization": "Bearer anything"}).status_code == 429
     assert client.post("/login", data={"token": "x"}).status_code == 429           # locked out: nothing is read

@@ -45,7 +45,7 @@ def test_a_busy_port_fails_at_start(tmp_path: Path) -> None:
         busy.listen(1)
         node = Node(parse_config(config(tmp_path, port=busy.getsockname()[1])))
         with pytest.raises(OSError):
-            WebServer(node).start()
+            WebServer(node.operations).start()
 
 
 def test_health_answers_while_the_thread_pool_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +86,7 @@ def test_health_answers_while_the_thread_pool_is_full(tmp_path: Path, monkeypatc
             release.wait(60)
             return []
 
-        monkeypatch.setattr("dicom_node.web.status.readiness", hung_readiness)
+        monkeypatch.setattr(node.operations, "readiness", hung_readiness)
         ctx.readiness.timeout_s = 0.5
         started = time.monotonic()
         hung = httpx.get(f"{server.url}/readyz", timeout=5)
