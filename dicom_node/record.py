@@ -18,13 +18,16 @@ from dataclasses import dataclass
 import pydicom
 
 from dicom_node.ledger import Ledger, RecordOutcome
+from dicom_node.ratelog import RateLimitedLog
 from dicom_node.spool import Spool, StoredInstance
+from dicom_node.transient import describe, is_transient
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 BATCH_WINDOW_S = 0.05
-RETRY_DELAY_S = 1.0
+RETRY_INITIAL_S = 0.2          # the database is away: wait this long, doubling, up to RETRY_MAX_S
+RETRY_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class InstanceRecorder:
         self._idle = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog(logger)
 
     def put(self, stored: StoredInstance, calling_ae: str) -> None:
         """O(1) for the C-STORE handler: the receive time is taken now, the ledger is written later."""
@@ -72,6 +76,7 @@ class InstanceRecorder:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Record what was put (for up to `timeout_s`), then stop, even if the database is away."""
         self.flush(timeout_s)
         self._stop.set()
         if self._thread is not None:
@@ -94,20 +99,57 @@ class InstanceRecorder:
             self._record(batch)
 
     def _record(self, items: list[Item]) -> None:
-        batch = [item for item in items if not isinstance(item, Refusal)]
-        refusals = [(r.series_uid, r.sop_uid, r.at) for r in items if isinstance(r, Refusal)]
-        while True:
-            try:
-                outcomes = self._ledger.record_instances(batch, self._quiet_s, refusals=refusals)
-                break
-            except Exception:  # the database is away: keep the batch, try again; never drop it
-                logger.exception("could not record %d instance(s) in the ledger; retrying", len(batch))
-                time.sleep(RETRY_DELAY_S)
-        if self._on_recorded is not None:
+        """Record a batch; a batch the ledger refuses for a reason of its own is recorded item by item,
+        so one bad row never blocks the intake behind it."""
+        try:
+            outcomes = self._write_retrying(items)
+        except _Stopped:
+            outcomes = []
+        except Exception:  # not the database's absence: some row is bad; find it
+            outcomes = self._isolate(items)
+        if self._on_recorded is not None and outcomes:
             self._on_recorded(outcomes)
         with self._idle:
             self._pending -= len(items)
             self._idle.notify_all()
+
+    def _isolate(self, items: list[Item]) -> list[RecordOutcome]:
+        outcomes: list[RecordOutcome] = []
+        for item in items:
+            try:
+                outcomes += self._write_retrying([item])
+            except _Stopped:
+                break
+            except Exception as exc:  # this one row: say which, keep going
+                what = (f"refusal of {item.sop_uid} in series {item.series_uid}" if isinstance(item, Refusal)
+                        else f"instance {item[0].sop_uid} of series {item[0].series_uid}")
+                logger.error("could not record the %s in the ledger (%s); its spool file is kept and recorded "
+                             "again at the next start", what, describe(exc))
+        return outcomes
+
+    def _write_retrying(self, items: list[Item]) -> list[RecordOutcome]:
+        """One transaction for `items`; transient errors (database away, locked, full) are retried with
+        backoff until they pass or the recorder is stopped (the files stay in the spool: nothing is lost)."""
+        batch = [item for item in items if not isinstance(item, Refusal)]
+        refusals = [(r.series_uid, r.sop_uid, r.at) for r in items if isinstance(r, Refusal)]
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                return self._ledger.record_instances(batch, self._quiet_s, refusals=refusals)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._log.warning("transient", "could not record %d item(s) in the ledger (%s); retrying in %.1f s",
+                                  len(items), describe(exc), delay)
+            if self._stop.wait(delay):
+                logger.warning("stopped with %d item(s) not recorded; their spool files are recorded at the next "
+                               "start", len(items))
+                raise _Stopped
+            delay = min(RETRY_MAX_S, delay * 2)
+
+
+class _Stopped(Exception):
+    """The recorder was stopped while the database was away."""
 
 
 def reconcile_spool(spool: Spool, ledger: Ledger, quiet_period_s: float, now: float) -> int:

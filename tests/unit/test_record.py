@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dicom_node.ledger import Ledger, RecordOutcome, SeriesState
 from dicom_node.record import InstanceRecorder, reconcile_spool
@@ -42,16 +45,20 @@ def test_recorder_batches_and_flushes(ledger: Ledger, tmp_path: Path) -> None:
     recorder.stop()
 
 
-def test_recorder_keeps_a_batch_until_the_ledger_takes_it(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dicom_node.record as record
+def locked() -> OperationalError:
+    return OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
 
-    monkeypatch.setattr(record, "RETRY_DELAY_S", 0.01)
+
+def test_recorder_keeps_a_batch_until_the_ledger_takes_it(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dicom_node.record as record_module
+
+    monkeypatch.setattr(record_module, "RETRY_INITIAL_S", 0.01)
     real = ledger.record_instances
     failures = threading.Semaphore(2)
 
     def flaky(batch, quiet_s, refusals=()):  # type: ignore[no-untyped-def]
         if failures.acquire(blocking=False):
-            raise RuntimeError("database is locked")
+            raise locked()
         return real(batch, quiet_s, refusals=refusals)
 
     monkeypatch.setattr(ledger, "record_instances", flaky)
@@ -61,6 +68,44 @@ def test_recorder_keeps_a_batch_until_the_ledger_takes_it(ledger: Ledger, monkey
     assert recorder.flush(10.0)
     assert view(ledger, "1.2.3") is not None
     recorder.stop()
+
+
+def test_intake_goes_on_past_a_poisoned_row(ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    real = ledger.record_instances
+    poison = "1.2.3.666"
+
+    def refuses_one(batch, quiet_s, refusals=()):  # type: ignore[no-untyped-def]
+        if any(stored.sop_uid == poison for stored, _, _ in batch):
+            raise IntegrityError("INSERT", {}, sqlite3.IntegrityError("CHECK constraint failed"))
+        return real(batch, quiet_s, refusals=refusals)
+
+    monkeypatch.setattr(ledger, "record_instances", refuses_one)
+    recorder = InstanceRecorder(ledger, 10.0, lambda: 1.0)
+    recorder.start()
+    for sop in ("1.2.3.1", poison, "1.2.3.2"):
+        recorder.put(StoredInstance("1.2", "1.2.3", sop, Path("x"), 1, "d", 7), "")
+    assert recorder.flush(10.0)
+    recorder.put(StoredInstance("1.2", "1.2.3", "1.2.3.3", Path("x"), 1, "d", 7), "")   # and after it
+    assert recorder.flush(10.0)
+    summary = view(ledger, "1.2.3")
+    assert summary is not None and summary.instance_count == 3                 # every good row is in
+    assert any(f"instance {poison} of series 1.2.3" in r.getMessage() and "kept" in r.getMessage()
+               for r in caplog.records)
+    recorder.stop()
+
+
+def test_a_stop_ends_the_retrying_while_the_database_is_away(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    def away(batch, quiet_s, refusals=()):  # type: ignore[no-untyped-def]
+        raise locked()
+
+    monkeypatch.setattr(ledger, "record_instances", away)
+    recorder = InstanceRecorder(ledger, 10.0, lambda: 1.0)
+    recorder.start()
+    recorder.put(StoredInstance("1.2", "1.2.3", "1.2.3.1", Path("x"), 1, "d", 7), "")
+    started = time.monotonic()
+    recorder.stop(timeout_s=0.5)
+    assert time.monotonic() - started < 2.0 and recorder._thread is not None and not recorder._thread.is_alive()
 
 
 def test_reconcile_records_files_received_before_a_crash(ledger: Ledger, tmp_path: Path) -> None:
