@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--fixed", action="store_true", help="never slow idle associations down")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = NodeSection(port=0, receive_poll_us=args.poll_us, network_timeout_s=600.0)
+        cfg = NodeSection().updated(port=0, receive_poll_us=args.poll_us, network_timeout_s=600.0)
         scp = StoreSCP(cfg, Spool(Path(tmp)), lambda *_: None)
         if args.fixed:
             scp._polling.idle_s = scp._polling.fast_s

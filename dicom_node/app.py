@@ -51,18 +51,18 @@ class Node:
     def __init__(self, cfg: NodeConfig, synthesizer: Synthesizer | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg, self.clock = cfg, clock
-        self.spool = Spool(cfg.storage_dir, fsync=cfg.node.fsync)
+        self.spool = Spool(cfg.storage_dir, fsync=cfg.node.storage.fsync)
         self.ledger = open_ledger(cfg.database_url, migrate=True)    # the node serves: it migrates
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
         self.owner = lease_owner_name()
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
-        self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.disk_watermark)
+        self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.storage.disk_watermark)
         self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
-        self.scp = self._build_receiver() if cfg.node.receive else None
+        self.scp = self._build_receiver() if cfg.node.roles.receive else None
         self.supervisor = Supervisor()
         self._synth_stage: Stage | None = None
         self._send_stages: list[Stage] = []
-        if cfg.node.process:
+        if cfg.node.roles.process:
             self._build_stages()
         self.leases = Leases(self.ledger, owner=self.owner, lease_s=cfg.database.lease_s, clock=clock,
                              on_requeued=self._wake_synthesis)
@@ -82,7 +82,7 @@ class Node:
         return scp
 
     def _build_stages(self) -> None:
-        context = SenderContext(self.cfg.node.ae_title, self.cfg.send.timeout_s)
+        context = SenderContext(self.cfg.node.identity.ae_title, self.cfg.send.timeout_s)
         for dest in self.cfg.all_destinations():
             sending = SendStage(self.cfg, build_sender(dest, context), ledger=self.ledger, spool=self.spool,
                                 metrics=self.metrics, owner=self.owner, clock=self.clock)
@@ -102,7 +102,7 @@ class Node:
             except OSError as exc:
                 raise StartupError(listen_error("web.port", self.cfg.web.host, self.cfg.web.port, exc)) from exc
         recover(self.ledger, self.spool, now=self.clock(), quiet_period_s=self.cfg.series.quiet_period_s,
-                receiving=self.cfg.node.receive)
+                receiving=self.cfg.node.roles.receive)
         self.recorder.start()
         lease_s = self.cfg.database.lease_s
         self.timers.every("complete-due", COMPLETE_EVERY_S, self._complete_due)
@@ -117,7 +117,8 @@ class Node:
                 self.scp.start()
             except OSError as exc:           # the port is taken: stop what already runs, then fail loudly
                 self.stop(drain_s=1.0)
-                raise StartupError(listen_error("node.port", self.cfg.node.host, self.cfg.node.port, exc)) from exc
+                listen = self.cfg.node.listen
+                raise StartupError(listen_error("node.port", listen.host, listen.port, exc)) from exc
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self.cfg.destination_names()),
                     "" if self.scp is not None else ", worker only (not receiving)")

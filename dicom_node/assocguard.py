@@ -74,11 +74,12 @@ class AssociationLimits:
 
     @classmethod
     def from_config(cls, cfg: NodeSection) -> AssociationLimits:
-        return cls(max_associations=cfg.max_associations, max_pending=cfg.max_pending,
-                   max_pending_per_address=cfg.max_pending_per_address,
-                   request_timeout_s=cfg.association_request_timeout_s, pdu_timeout_s=cfg.pdu_read_timeout_s,
-                   max_pdu=cfg.max_pdu_bytes, max_dataset_bytes=cfg.max_dataset_bytes,
-                   message_timeout_s=cfg.dimse_timeout_s)
+        policy = cfg.associations
+        return cls(max_associations=policy.max_associations, max_pending=policy.max_pending,
+                   max_pending_per_address=policy.max_pending_per_address,
+                   request_timeout_s=policy.association_request_timeout_s, pdu_timeout_s=policy.pdu_read_timeout_s,
+                   max_pdu=policy.max_pdu_bytes, max_dataset_bytes=policy.max_dataset_bytes,
+                   message_timeout_s=cfg.timing.dimse_timeout_s)
 
     @property
     def max_open(self) -> int:

@@ -57,22 +57,22 @@ def _load(args: argparse.Namespace) -> NodeConfig:
     path = Path(args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     cfg = load_config(path)
     if getattr(args, "port", None) is not None:
-        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, port=args.port))
+        cfg = dataclasses.replace(cfg, node=cfg.node.updated(port=args.port))
     return cfg
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.receive_only:
-        cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, process=False))
+        cfg = dataclasses.replace(cfg, node=cfg.node.updated(process=False))
     return _run_node(cfg)
 
 
 def _run_node(cfg: NodeConfig) -> int:
     from dicom_node.preflight import runtime_problems
 
-    problems = runtime_problems(cfg, receive=cfg.node.receive, process=cfg.node.process, check_ports_free=True,
-                                keep_created=True)
+    problems = runtime_problems(cfg, receive=cfg.node.roles.receive, process=cfg.node.roles.process,
+                                check_ports_free=True, keep_created=True)
     for problem in problems:
         print(f"cannot start: {cfg.source}: {problem}", file=sys.stderr)
     if problems:
@@ -135,7 +135,7 @@ def _run_locked(cfg: NodeConfig) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    args_cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, receive=False))
+    args_cfg = dataclasses.replace(cfg, node=cfg.node.updated(receive=False))
     return _run_node(args_cfg)
 
 
@@ -144,7 +144,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     running = cfg.storage_dir.is_dir() and node_running(cfg.storage_dir)
-    problems = runtime_problems(cfg, receive=cfg.node.receive, process=cfg.node.process,
+    problems = runtime_problems(cfg, receive=cfg.node.roles.receive, process=cfg.node.roles.process,
                                 check_ports_free=not running, keep_created=False)
     if (db := database_problem(cfg)) is not None:
         problems.append(db)
@@ -174,7 +174,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     failures = 0
     for dest in targets:
         started = time.monotonic()
-        status = echo(dest, cfg.node.ae_title, timeout_s=args.timeout)
+        status = echo(dest, cfg.node.identity.ae_title, timeout_s=args.timeout)
         took_ms = (time.monotonic() - started) * 1000
         if status == 0:
             print(f"{dest.name}: {dest.ae_title}@{dest.host}:{dest.port} C-ECHO success ({took_ms:.0f} ms)")

@@ -28,13 +28,13 @@ def set_nodelay(event: evt.Event) -> None:
 
 def server_tls_context(cfg: NodeSection) -> ssl.SSLContext | None:
     """The SCP's TLS context, or None for plain DICOM. With `tls_ca`, callers must show a certificate."""
-    if not cfg.tls_cert:
+    if not cfg.listen.tls_cert:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    if cfg.tls_ca:
-        ctx.load_verify_locations(cafile=cfg.tls_ca)
+    ctx.load_cert_chain(cfg.listen.tls_cert, cfg.listen.tls_key)
+    if cfg.listen.tls_ca:
+        ctx.load_verify_locations(cafile=cfg.listen.tls_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

@@ -71,7 +71,7 @@ class Operations:
         self.cfg, self.metrics, self.owner, self.clock = cfg, metrics, owner, clock
         self._ledger, self._spool, self._synthesizer, self._disk_guard = ledger, spool, synthesizer, disk_guard
         self._stage_health, self._dicom_port, self._slot_usage = stage_health, dicom_port, slot_usage
-        self._sender_context = SenderContext(cfg.node.ae_title, cfg.send.timeout_s)
+        self._sender_context = SenderContext(cfg.node.identity.ae_title, cfg.send.timeout_s)
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -87,7 +87,8 @@ class Operations:
 
     def storage(self) -> StorageDirs:
         spool = self._spool
-        return StorageDirs(spool.root, spool.incoming, spool.rejected, spool.derived, self.cfg.node.disk_watermark)
+        return StorageDirs(spool.root, spool.incoming, spool.rejected, spool.derived,
+                           self.cfg.node.storage.disk_watermark)
 
     def dicom_port(self) -> int | None:
         return self._dicom_port()
@@ -116,9 +117,9 @@ class Operations:
         identity = self._synthesizer.identity
         checks.append(Check("synthesizer", True, f"{identity.backend} {identity.version}"))
         checks.extend(Check(h.name, h.ok, h.detail) for h in self._stage_health())
-        if self.cfg.node.receive:
+        if self.cfg.node.roles.receive:
             port = self._dicom_port()
-            checks.append(Check("dicom", port is not None, f"{self.cfg.node.ae_title} on port {port}"
+            checks.append(Check("dicom", port is not None, f"{self.cfg.node.identity.ae_title} on port {port}"
                                 if port is not None else "the DICOM listener is not running"))
             if self._slot_usage is not None:
                 checks.append(association_check(self._slot_usage()))
@@ -130,7 +131,8 @@ class Operations:
         except OSError as exc:
             return Check("disk", False, f"storage folder unreadable: {exc.strerror}")
         ok = self._disk_guard() == STATUS_SUCCESS
-        return Check("disk", ok, f"{usage.used / usage.total:.1%} used, watermark {self.cfg.node.disk_watermark:.0%}"
+        watermark = self.cfg.node.storage.disk_watermark
+        return Check("disk", ok, f"{usage.used / usage.total:.1%} used, watermark {watermark:.0%}"
                      + ("" if ok else ": refusing C-STORE with 0xA700"))
 
     # -- acting --------------------------------------------------------------------------------

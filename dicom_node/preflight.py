@@ -107,8 +107,9 @@ def tls_problems(prefix: str, *, cert: str, key: str, ca: str) -> list[Problem]:
 
 def _all_tls_problems(cfg: NodeConfig, *, receive: bool, process: bool) -> list[Problem]:
     problems = []
-    if receive and cfg.node.tls_cert:
-        found = tls_problems("node", cert=cfg.node.tls_cert, key=cfg.node.tls_key, ca=cfg.node.tls_ca)
+    if receive and cfg.node.listen.tls_cert:
+        listen = cfg.node.listen
+        found = tls_problems("node", cert=listen.tls_cert, key=listen.tls_key, ca=listen.tls_ca)
         if not found:
             try:
                 server_tls_context(cfg.node)
@@ -181,11 +182,12 @@ def bind_problem(host: str, port: int) -> str:
 def port_problems(cfg: NodeConfig, *, receive: bool, check_free: bool) -> list[Problem]:
     listeners = []
     if receive:
-        listeners.append(("node.port", cfg.node.host, cfg.node.port))
+        listeners.append(("node.port", cfg.node.listen.host, cfg.node.listen.port))
     if cfg.web.enabled:
         listeners.append(("web.port", cfg.web.host, cfg.web.port))
-    if len(listeners) == 2 and cfg.node.port == cfg.web.port != 0 and same_host(cfg.node.host, cfg.web.host):
-        return [Problem("web.port", f"{cfg.web.port} is node.port too ({cfg.node.host} and {cfg.web.host} "
+    listen = cfg.node.listen
+    if len(listeners) == 2 and listen.port == cfg.web.port != 0 and same_host(listen.host, cfg.web.host):
+        return [Problem("web.port", f"{cfg.web.port} is node.port too ({cfg.node.listen.host} and {cfg.web.host} "
                                     "overlap): the DICOM and web listeners need different ports")]
     problems = []
     for key, host, port in listeners if check_free else ():

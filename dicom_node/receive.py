@@ -96,19 +96,19 @@ class StoreSCP:
         self._cfg, self._spool, self._on_stored = cfg, spool, on_stored
         self._accept_store = accept_store      # returns 0 to accept, or a failure status (e.g. disk full)
         self._on_refused = on_refused          # told every failure status we answer (metrics, waiting series)
-        self._ae = AE(ae_title=cfg.ae_title)
+        self._ae = AE(ae_title=cfg.identity.ae_title)
         self._ae.add_supported_context(VERIFICATION)
         self._ae.add_supported_context(CTImageStorage, TRANSFER_SYNTAXES)
         self._limits = AssociationLimits.from_config(cfg)
         self._guard = AssociationGuard(self._limits, on_refused=on_connection_refused)  # told each reason
-        self._ae.maximum_pdu_size = cfg.max_pdu_bytes
+        self._ae.maximum_pdu_size = cfg.associations.max_pdu_bytes
         self._ae.maximum_associations = self._limits.pynetdicom_ceiling   # the guard decides, not pynetdicom
-        self._ae.dimse_timeout = cfg.dimse_timeout_s
-        self._ae.network_timeout = cfg.network_timeout_s
-        self._ae.acse_timeout = cfg.association_request_timeout_s   # waiting for the A-ASSOCIATE-RQ; ARTIM
+        self._ae.dimse_timeout = cfg.timing.dimse_timeout_s
+        self._ae.network_timeout = cfg.timing.network_timeout_s
+        self._ae.acse_timeout = cfg.associations.association_request_timeout_s   # waiting for the A-ASSOCIATE-RQ; ARTIM
         self._ae.require_called_aet = True
         self._server: GuardedServer | None = None
-        self._polling = AdaptivePolling(cfg.receive_poll_us / 1e6)
+        self._polling = AdaptivePolling(cfg.timing.receive_poll_us / 1e6)
 
     @property
     def port(self) -> int:
@@ -130,15 +130,16 @@ class StoreSCP:
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_REJECTED, self._log_rejected),
         ]
-        if self._cfg.max_pdu == 0:
+        if self._cfg.associations.max_pdu == 0:
             logger.warning("node.max_pdu = 0 is deprecated (it meant unlimited): using the default %d bytes; "
-                           "set node.max_pdu to a value in bytes", self._cfg.max_pdu_bytes)
+                           "set node.max_pdu to a value in bytes", self._cfg.associations.max_pdu_bytes)
         quiet_cut_pdus()
         self._polling.start()
-        self._server = start_guarded_server(self._ae, (self._cfg.host, self._cfg.port), guard=self._guard,
+        self._server = start_guarded_server(self._ae, (self._cfg.listen.host, self._cfg.listen.port), guard=self._guard,
                                             evt_handlers=handlers, tls_context=server_tls_context(self._cfg))
-        logger.info("Storage SCP %s listening on %s:%d%s", self._cfg.ae_title, self._cfg.host, self.port,
-                    " (DICOM TLS)" if self._cfg.tls_cert else "")
+        listen = self._cfg.listen
+        logger.info("Storage SCP %s listening on %s:%d%s", self._cfg.identity.ae_title, listen.host, self.port,
+                    " (DICOM TLS)" if listen.tls_cert else "")
 
     def drain(self, timeout_s: float) -> None:
         """Stop accepting; close connections that have not associated; let associations in flight finish
@@ -177,9 +178,9 @@ class StoreSCP:
         req = assoc.requestor
         calling_ae = str(getattr(req.primitive, "calling_ae_title", "") or "").strip()
         called_ae = str(getattr(req.primitive, "called_ae_title", "") or "").strip()
-        if called_ae != self._cfg.ae_title:
+        if called_ae != self._cfg.identity.ae_title:
             self._reject(assoc, REJECT_CALLED_AE)
-        elif not self._cfg.caller_allowed(calling_ae, str(req.address)):
+        elif not self._cfg.listen.caller_allowed(calling_ae, str(req.address)):
             self._reject(assoc, REJECT_CALLING_AE)
         elif self._guard.request(assoc) is not None:
             self._reject(assoc, REJECT_LOCAL_LIMIT)

@@ -113,7 +113,7 @@ class SynthesisStage:
             synth_s = time.monotonic() - synth_started
             derived = write_derived_series(thin, source, identity=self._synthesizer.identity,
                                            factor=self._synthesizer.factor, spool=self._spool,
-                                           uid_root=self._cfg.node.uid_root,
+                                           uid_root=self._cfg.node.identity.uid_root,
                                            series_number_offset=self._cfg.series.series_number_offset)
         except SynthesisRefusedError as exc:
             self._metrics.series.labels("rejected").inc()

@@ -155,7 +155,8 @@ class WebContext:
     # -- data shared by the pages and the API ------------------------------------------------------
     def node_facts(self) -> NodeFacts:
         cfg = self.ops.cfg.node
-        return NodeFacts(cfg.ae_title, self.ops.dicom_port(), cfg.receive, cfg.process, software_version(),
+        return NodeFacts(cfg.identity.ae_title, self.ops.dicom_port(), cfg.roles.receive, cfg.roles.process,
+                         software_version(),
                          self.ops.owner, self.started_at, self.engine.url.get_backend_name(),
                          self.auth.public_read, self.auth.actions_enabled)
 

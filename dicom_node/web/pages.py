@@ -30,7 +30,7 @@ MAX_PAGE = queries.MAX_OFFSET // PAGE_SIZE
 def _render(request: Request, ctx: WebContext, identity: Identity, template: str, status: int = 200,
             **values: Any) -> Response:
     context = {
-        "title": values.pop("title", ""), "identity": identity, "ae_title": ctx.ops.cfg.node.ae_title,
+        "title": values.pop("title", ""), "identity": identity, "ae_title": ctx.ops.cfg.node.identity.ae_title,
         "actions_enabled": ctx.auth.actions_enabled, "csrf": ctx.auth.csrf_token(identity),
         "csrf_field": CSRF_FIELD, "message": request.query_params.get("msg", ""), "refresh_s": 0,
         "version": ctx.node_facts().version, "path": request.url.path, **values,

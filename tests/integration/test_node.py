@@ -294,7 +294,7 @@ def test_busy_associations_are_polled_fast_in_both_loops_and_idle_ones_slowly(
     node = node_factory(pacs=pacs, extra={"node": {"receive_poll_us": 50}})
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title=node.cfg.node.ae_title)
+    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title=node.cfg.node.identity.ae_title)
     try:
         assert assoc.is_established
         server = node.scp._server

@@ -175,7 +175,7 @@ def test_shut_closes_pending_connections_or_all() -> None:
 
 
 def test_limits_from_config_and_the_pynetdicom_ceiling() -> None:
-    cfg = NodeSection(max_associations=40, max_pending=100, max_pending_per_address=10, max_dataset_mb=2,
+    cfg = NodeSection().updated(max_associations=40, max_pending=100, max_pending_per_address=10, max_dataset_mb=2,
                       max_pdu=0, association_request_timeout_s=3.0, pdu_read_timeout_s=9.0, dimse_timeout_s=20.0)
     limits = AssociationLimits.from_config(cfg)
     assert (limits.max_pdu, limits.max_dataset_bytes, limits.request_timeout_s, limits.pdu_timeout_s,

@@ -13,7 +13,7 @@ from dicom_node.errors import ConfigError
 
 def test_embedded_default_needs_no_server_and_listens_on_loopback() -> None:
     cfg = load_config(DEFAULT_CONFIG)
-    assert cfg.node.host == "127.0.0.1" and cfg.node.port == 11112
+    assert cfg.node.listen.host == "127.0.0.1" and cfg.node.listen.port == 11112
     assert cfg.destinations == ()
     assert [f.name for f in cfg.folder_destinations] == ["outbox"]
     assert cfg.synth.backend == "interpolation"
@@ -23,7 +23,7 @@ def test_embedded_default_needs_no_server_and_listens_on_loopback() -> None:
 def test_relative_paths_resolve_against_base_dir(tmp_path: Path) -> None:
     cfg = parse_config({"node": {"storage_dir": "var"}, "folder_destinations": [{"name": "o", "path": "out"}]},
                        base_dir=tmp_path)
-    assert cfg.node.storage_dir == str(tmp_path / "var")
+    assert cfg.node.storage.storage_dir == str(tmp_path / "var")
     assert cfg.folder_destinations[0].path == str(tmp_path / "out")
 
 
@@ -74,18 +74,20 @@ def test_invalid_configs_name_the_file_and_key(raw: dict[str, object], message: 
 
 def test_association_policy_defaults_and_the_deprecated_unlimited_pdu() -> None:
     node = parse_config({}).node
-    assert (node.max_pdu, node.max_pdu_bytes, node.max_associations, node.max_pending, node.max_pending_per_address,
-            node.association_request_timeout_s, node.pdu_read_timeout_s, node.max_dataset_mb) == (
+    policy = node.associations
+    assert (policy.max_pdu, policy.max_pdu_bytes, policy.max_associations, policy.max_pending,
+            policy.max_pending_per_address, policy.association_request_timeout_s, policy.pdu_read_timeout_s,
+            policy.max_dataset_mb) == (
         1 << 20, 1 << 20, 32, 64, 16, 5.0, 30.0, 64)
-    assert node.max_dataset_bytes == 64 << 20
+    assert node.associations.max_dataset_bytes == 64 << 20
     legacy = parse_config({"node": {"max_pdu": 0}}).node   # an existing config stays valid: 0 means the default
-    assert legacy.max_pdu == 0 and legacy.max_pdu_bytes == 1 << 20
-    assert parse_config({"node": {"max_pdu": 65536}}).node.max_pdu_bytes == 65536
+    assert legacy.associations.max_pdu == 0 and legacy.associations.max_pdu_bytes == 1 << 20
+    assert parse_config({"node": {"max_pdu": 65536}}).node.associations.max_pdu_bytes == 65536
 
 
 def test_non_loopback_listener_allowed_with_allow_list_or_explicit_any() -> None:
-    assert parse_config({"node": {"host": "0.0.0.0", "allowed_callers": ["PACS"]}}).node.host == "0.0.0.0"
-    assert parse_config({"node": {"host": "0.0.0.0", "allow_any_caller": True}}).node.allow_any_caller
+    assert parse_config({"node": {"host": "0.0.0.0", "allowed_callers": ["PACS"]}}).node.listen.host == "0.0.0.0"
+    assert parse_config({"node": {"host": "0.0.0.0", "allow_any_caller": True}}).node.listen.allow_any_caller
 
 
 def test_cthnet_without_weights_uses_the_shipped_phantom_weights() -> None:

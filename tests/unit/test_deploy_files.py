@@ -134,20 +134,21 @@ def test_compose_ports_and_names_agree_with_the_configs() -> None:
     cfg = node_config("node.compose.toml")
     orthanc = orthanc_json()
     node_ports = published(services["node"])
-    assert node_ports[cfg.node.port] == ""                       # DICOM on every interface
+    assert node_ports[cfg.node.listen.port] == ""                       # DICOM on every interface
     assert node_ports[cfg.web.port] == "127.0.0.1"              # dashboard on loopback only
-    assert cfg.node.host == cfg.web.host == "0.0.0.0"           # inside the container
+    assert cfg.node.listen.host == cfg.web.host == "0.0.0.0"           # inside the container
     orthanc_ports = published(services["orthanc"])
     assert orthanc["DicomPort"] in orthanc_ports and orthanc_ports[orthanc["HttpPort"]] == "127.0.0.1"
     (pacs,) = cfg.destinations
     assert (pacs.host, pacs.port, pacs.ae_title) == ("orthanc", orthanc["DicomPort"], orthanc["DicomAet"])
-    assert orthanc["DicomAet"] in cfg.node.allowed_callers
+    assert orthanc["DicomAet"] in cfg.node.listen.allowed_callers
     modality = orthanc["DicomModalities"]["SYNTHNODE"]
-    assert (modality["Host"], modality["Port"], modality["AET"]) == ("node", cfg.node.port, cfg.node.ae_title)
+    expected = ("node", cfg.node.listen.port, cfg.node.identity.ae_title)
+    assert (modality["Host"], modality["Port"], modality["AET"]) == expected
     node_mounts = mounts(services["node"])
-    assert node_mounts[cfg.node.storage_dir] == "node-data"
+    assert node_mounts[cfg.node.storage.storage_dir] == "node-data"
     assert node_mounts["/etc/dicom-node/node.toml"] == "./node.compose.toml"
-    assert mounts(services["worker"])[cfg.node.storage_dir] == "node-data"  # one shared spool
+    assert mounts(services["worker"])[cfg.node.storage.storage_dir] == "node-data"  # one shared spool
     lua = "/etc/orthanc/autoroute.lua"
     assert orthanc["LuaScripts"] == [lua] and mounts(services["orthanc"])[lua] == "./orthanc/autoroute.lua"
     assert mounts(services["orthanc"])[orthanc["StorageDirectory"]] == "orthanc-db"
@@ -193,7 +194,7 @@ def test_dockerfiles(name: str, base: str) -> None:
     assert "dicom-node" in pyproject["project"]["scripts"]
     assert re.search(r"^USER dicom-node$", text, flags=re.M)
     cfg = node_config("node.compose.toml")
-    assert f"EXPOSE {cfg.node.port} {cfg.web.port}" in text
+    assert f"EXPOSE {cfg.node.listen.port} {cfg.web.port}" in text
     assert f"127.0.0.1:{cfg.web.port}/healthz" in text
     ignore = (DEPLOY / f"{name}.dockerignore").read_text(encoding="utf-8").splitlines()
     assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!dicom_node/", "!synth/",
@@ -250,7 +251,7 @@ def test_orthanc_lua_rule_excludes_our_own_output() -> None:
     cfg = node_config("node.compose.toml")
     assert f"local OUR_MANUFACTURER = '{MANUFACTURER}'" in lua
     assert "ContributingEquipmentSequence" in lua and "'DERIVED'" in lua and "'SECONDARY'" in lua
-    assert f"local NODE_AET = '{cfg.node.ae_title}'" in lua and "RemoteAET" in lua
+    assert f"local NODE_AET = '{cfg.node.identity.ae_title}'" in lua and "RemoteAET" in lua
     assert f"local CT_IMAGE_STORAGE = '{CTImageStorage}'" in lua
     assert "local MIN_THICKNESS_MM = 4.0" in lua and "BodyPartExamined" in lua
     modality = re.search(r"local NODE_MODALITY = '(\w+)'", lua)

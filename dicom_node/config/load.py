@@ -1,0 +1,210 @@
+"""Reading a config: TOML → validated frozen sections, with file and dotted key in every message."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dicom_node.config.destinations import DestinationSection, FolderDestinationSection
+from dicom_node.config.node import NodeSection
+from dicom_node.config.sections import DatabaseSection, RetentionSection, SendSection, SeriesSection, WebSection
+from dicom_node.errors import ConfigError
+from synth.config import SynthConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "node.toml"
+SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    series: SeriesSection = field(default_factory=SeriesSection)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    send: SendSection = field(default_factory=SendSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    web: WebSection = field(default_factory=WebSection)
+    destinations: tuple[DestinationSection, ...] = ()
+    folder_destinations: tuple[FolderDestinationSection, ...] = ()
+    source: str = ""                  # the file it came from, for messages
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.node.storage.storage_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.storage_dir / 'state.db'}"
+
+    def all_destinations(self) -> list[DestinationSection | FolderDestinationSection]:
+        """Every configured destination, of every kind, in config order by kind."""
+        return [*self.destinations, *self.folder_destinations]
+
+    def destination_names(self) -> list[str]:
+        return [d.name for d in self.all_destinations()]
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown := sorted(raw.keys() - names):
+        raise ConfigError(f"{where}: unknown option(s) {unknown}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = hints[key]
+        origin = typing.get_origin(expected)
+        if expected is float and type(value) in (int, float):
+            value = _finite(value, f"{where}.{key}")
+        elif origin is list:
+            (item_type,) = typing.get_args(expected)
+            if not isinstance(value, list) or not all(type(v) is item_type for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of {item_type.__name__}, got {value!r}")
+        elif type(value) is not expected:
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:   # a missing required key
+        raise ConfigError(f"{where}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _finite(value: float, where: str) -> float:
+    """TOML allows nan, inf and integers beyond a float: none of them is a duration or a size."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"{where}: must be a finite number, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    return number
+
+
+def _node_section(raw: Any, where: str, base: Path) -> NodeSection:
+    """The flat [node] table into NodeSection's parts; paths resolved against `base`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    owner = NodeSection.key_parts()
+    if unknown := sorted(raw.keys() - owner.keys()):
+        raise ConfigError(f"{where}: unknown option(s) {unknown}")
+    parts: dict[str, Any] = {name: _section(cls, {k: v for k, v in raw.items() if owner[k] == name}, where)
+             for name, cls in NodeSection.PARTS}
+    node = NodeSection(**parts)
+    storage, listen = node.storage, node.listen
+    return dataclasses.replace(
+        node, storage=dataclasses.replace(storage, storage_dir=_resolve(base, storage.storage_dir)),
+        listen=dataclasses.replace(listen, tls_cert=_resolve_opt(base, listen.tls_cert),
+                                   tls_key=_resolve_opt(base, listen.tls_key),
+                                   tls_ca=_resolve_opt(base, listen.tls_ca)))
+
+
+def _resolve(base: Path, path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_opt(base: Path, path: str) -> str:
+    return _resolve(base, path) if path else ""
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
+    """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
+    known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
+             "folder_destinations"}
+    if unknown := sorted(raw.keys() - known):
+        raise ConfigError(f"{source}: unknown section(s) {unknown}")
+    base = base_dir or Path.cwd()
+    node = _node_section(raw.get("node", {}), f"{source}: node", base)
+    synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
+    if isinstance(synth_raw, dict) and synth_raw.get("weights"):
+        synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
+    dests_raw = raw.get("destinations", [])
+    folders_raw = raw.get("folder_destinations", [])
+    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]])")
+    dests = tuple(
+        dataclasses.replace(d, tls_ca=_resolve_opt(base, d.tls_ca), tls_cert=_resolve_opt(base, d.tls_cert),
+                            tls_key=_resolve_opt(base, d.tls_key))
+        for d in (_section(DestinationSection, d, f"{source}: destinations[{i}]") for i, d in enumerate(dests_raw))
+    )
+    folders = tuple(
+        dataclasses.replace(f, path=_resolve(base, f.path))
+        for f in (
+            _section(FolderDestinationSection, d, f"{source}: folder_destinations[{i}]")
+            for i, d in enumerate(folders_raw)
+        )
+    )
+    names = [d.name for d in dests] + [f.name for f in folders]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
+    cfg = NodeConfig(
+        node=node,
+        series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
+        synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
+        retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
+        database=_section(DatabaseSection, raw.get("database", {}), f"{source}: database"),
+        web=_section(WebSection, raw.get("web", {}), f"{source}: web"),
+        destinations=dests,
+        folder_destinations=folders,
+        source=source,
+    )
+    listen = node.listen
+    if not listen.is_loopback and not listen.allowed_callers and not listen.allow_any_caller:
+        raise ConfigError(
+            f"{source}: node.host {listen.host!r} listens beyond loopback with an empty node.allowed_callers; "
+            "list the calling AE titles, or set node.allow_any_caller = true explicitly"
+        )
+    return cfg
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a TOML config file; relative paths in it are relative to the working directory."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_config(raw, source=str(path), base_dir=Path.cwd())
+
+
+def to_dict(cfg: NodeConfig) -> dict[str, Any]:
+    """The resolved config as plain data, for `check-config`: secrets show as "(set)", never in clear."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source")
+    out["node"] = cfg.node.flat()             # as the [node] table is written, not its parts
+    redacted: dict[str, Any] = _redact(out)
+    return redacted
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str) and value and any(word in key.lower() for word in SECRET_WORDS):
+        return "(set)"
+    if isinstance(value, str) and key == "url":
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ***, for messages and check-config."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@]*@", r"\1:***@", url)
