@@ -231,5 +231,15 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
         frame_of_reference_uid=frame_uid,
         numbered_descending=descending,
     )
-    volume = CTVolume(hu, (median, float(pixel_spacing[0]), float(pixel_spacing[1])))
+    volume = CTVolume(hu, (median, float(pixel_spacing[0]), float(pixel_spacing[1])),
+                      slice_thickness_mm=_slice_thickness(first))
     return volume, source
+
+
+def _slice_thickness(ds: Dataset) -> float:
+    """SliceThickness when it is a usable positive number, else 0.0 (unknown: the interval is used)."""
+    try:
+        thickness = _number_or(ds.get("SliceThickness"), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return thickness if math.isfinite(thickness) and 0 < thickness <= 50 else 0.0

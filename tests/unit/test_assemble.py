@@ -127,3 +127,18 @@ def test_wrong_length_value_and_bad_rescale_are_named() -> None:
     with pytest.raises(InvalidSeriesError, match=r"rescale slope 0.0 / intercept -1024.0 is unusable") as info:
         assemble(series, str(series[0].SeriesInstanceUID), CFG)
     assert info.value.reason == "undecodable_pixels"
+
+
+@pytest.mark.parametrize(("value", "expected", "effective"),
+                         [("5.0", 5.0, 5.0), ("2.5", 2.5, 2.5), (None, 0.0, 5.0), ("0", 0.0, 5.0), ("999", 0.0, 5.0)])
+def test_slice_thickness_travels_with_the_volume_and_falls_back_to_the_interval(
+        value: str | None, expected: float, effective: float) -> None:
+    series = make_ct_series(slices=4)
+    for ds in series:
+        if value is None:
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = value
+    volume, _ = run(series)
+    assert volume.slice_thickness_mm == expected
+    assert volume.thickness_mm == effective                      # the 5-mm interval when unknown or absurd
