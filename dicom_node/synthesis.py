@@ -2,10 +2,12 @@
 
 One `step()` claims one series (a lease in the ledger), checks that the disk has room for its
 derived series and that the spool still holds every instance the ledger recorded, assembles,
-synthesizes, writes, and records the result. What can go wrong is sorted three ways:
+synthesizes and self-checks (`dicom_node.quality`: fall back to interpolation or reject by
+`[synth] on_check_fail`), writes, and records the result with its self-checks. What can go wrong is
+sorted three ways:
 
-- the series' fault (InvalidSeriesError, SynthesisRefusedError, any other error of the work):
-  the series is kept under rejected/ with its reason;
+- the series' fault (InvalidSeriesError, SynthesisRefusedError, a failed self-check, any other error
+  of the work): the series is kept under rejected/ with its reason;
 - the machine's fault (no space, database full, locked or away — `transient.is_transient`): the
   claim goes back to the queue untouched and the stage backs off; nothing is rejected for it;
 - not enough room for the derived series: the claim goes back and the stage waits (`StageWait`).
@@ -21,19 +23,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dicom_node.assemble import IRREGULAR_SPACING, TOO_FEW_SLICES, assemble, read_headers
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
 from dicom_node.errors import InvalidSeriesError
-from dicom_node.ledger import Ledger, SeriesClaim
+from dicom_node.ledger import Ledger, SelfCheckRecord, SeriesClaim
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
+from dicom_node.provenance import INTERPOLATION
+from dicom_node.quality import QualityCheckError, QualityGate
 from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite, StageWait
 from dicom_node.transient import is_transient
 from dicom_node.write import DerivedSeries, write_derived_series
+from synth.backends import build_synthesizer
+from synth.config import SynthConfig
 from synth.seam import SynthesisRefusedError, Synthesizer
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,7 @@ NO_INSTANCES = "no_instances"
 SPOOL_FILE_MISSING = "spool_file_missing"
 SPOOL_FILE_DAMAGED = "spool_file_damaged"
 INCOMPLETE_SERIES = "incomplete_series"
+# and dicom_node.quality.QUALITY_CHECK_FAILED ("quality_check_failed"): no derived volume passed its self-check
 INCOMPLETE_LOOKS = (IRREGULAR_SPACING, TOO_FEW_SLICES)    # what a series with refused instances looks like
 
 IDLE_WAIT_S = 1.0
@@ -55,6 +63,14 @@ DETAIL_MAX = 500
 class Rejection:
     reason: str
     detail: str
+    checks: tuple[SelfCheckRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    series: DerivedSeries
+    checks: tuple[SelfCheckRecord, ...]
+    outcome: Literal["passed", "fallback"]
 
 
 class SynthesisStage:
@@ -65,6 +81,9 @@ class SynthesisStage:
         self._synthesizer, self._disk, self._metrics = synthesizer, disk, metrics
         self._owner, self._clock, self._on_synthesized = owner, clock, on_synthesized
         self._pending = PendingWrite()
+        fallback = None if synthesizer.identity.backend == INTERPOLATION else build_synthesizer(
+            SynthConfig(backend=INTERPOLATION, factor=synthesizer.factor))
+        self._gate = QualityGate(cfg.self_check, synthesizer=synthesizer, fallback=fallback)
 
     def step(self) -> float | None:
         self._pending.run()
@@ -100,7 +119,7 @@ class SynthesisStage:
             derived, seconds = outcome, time.monotonic() - started
             self._pending.run(lambda: self._record(claim, derived, seconds))
 
-    def _derive(self, claim: SeriesClaim, started: float) -> DerivedSeries | Rejection:
+    def _derive(self, claim: SeriesClaim, started: float) -> Derived | Rejection:
         uid = claim.series_uid
         try:
             if self._ledger.is_derived_series(uid):
@@ -109,27 +128,36 @@ class SynthesisStage:
             self._check_room(uid, files)
             volume, source = assemble(read_headers(files, uid), uid, self._cfg.series)
             synth_started = time.monotonic()
-            thin = self._synthesizer(volume, progress=_log_progress)
+            checked = self._gate.synthesize(volume, series_uid=uid, progress=_log_progress)
             synth_s = time.monotonic() - synth_started
-            derived = write_derived_series(thin, source, identity=self._synthesizer.identity,
+            derived = write_derived_series(checked.volume, source, identity=checked.identity,
                                            factor=self._synthesizer.factor, spool=self._spool,
                                            uid_root=self._cfg.node.identity.uid_root,
-                                           series_number_offset=self._cfg.series.series_number_offset)
+                                           series_number_offset=self._cfg.series.series_number_offset,
+                                           notes=checked.notes)
         except SynthesisRefusedError as exc:
             self._metrics.series.labels("rejected").inc()
             return Rejection(exc.reason, str(exc))
+        except QualityCheckError as exc:
+            self._metrics.series.labels("rejected").inc()
+            self._metrics.observe_checks(exc.checks, "rejected")
+            return Rejection(exc.reason, exc.detail[:DETAIL_MAX], exc.checks)
         except InvalidSeriesError as exc:
             self._metrics.series.labels("rejected").inc()
             if claim.refused and exc.reason in INCOMPLETE_LOOKS:
                 return Rejection(INCOMPLETE_SERIES, f"{claim.refused} instance(s) were refused for lack of disk "
                                  f"space (0xA700) and not sent again within series.refused_wait_s; {exc.detail}")
             return Rejection(exc.reason, exc.detail)
+        outcome: Literal["passed", "fallback"] = "fallback" if checked.fallback_reason else "passed"
         self._metrics.synth_seconds.observe(synth_s)
         self._metrics.series.labels("derived").inc()
-        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s; %.1f s in all)", uid,
-                    volume.shape[0], volume.spacing_mm[0], derived.count, thin.spacing_mm[0], synth_s,
-                    self._synthesizer.identity.backend, time.monotonic() - started)
-        return derived
+        self._metrics.observe_checks(checked.checks, outcome)
+        if checked.fallback_reason:
+            logger.warning("series %s: %s", uid, checked.fallback_reason)
+        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s; %s; %.1f s in all)", uid,
+                    volume.shape[0], volume.spacing_mm[0], derived.count, checked.volume.spacing_mm[0], synth_s,
+                    checked.identity.backend, checked.check.summary(), time.monotonic() - started)
+        return Derived(derived, checked.checks, outcome)
 
     def _held_files(self, uid: str) -> list[Path]:
         """The spool's files of a series, checked against what the ledger recorded (count and size)."""
@@ -164,12 +192,14 @@ class SynthesisStage:
 
     def _reject(self, claim: SeriesClaim, rejection: Rejection) -> None:
         self._spool.reject(claim.series_uid, rejection.reason, rejection.detail)
-        self._ledger.reject_series(claim, self._owner, rejection.reason, rejection.detail, self._clock())
+        self._ledger.reject_series(claim, self._owner, rejection.reason, rejection.detail, self._clock(),
+                                   checks=rejection.checks)
         logger.error("series %s rejected (%s): %s", claim.series_uid, rejection.reason, rejection.detail)
 
-    def _record(self, claim: SeriesClaim, derived: DerivedSeries, seconds: float) -> None:
-        self._ledger.series_synthesized(claim, self._owner, derived.series_uid, derived.count,
-                                        self._cfg.destination_names(), seconds, self._clock())
+    def _record(self, claim: SeriesClaim, derived: Derived, seconds: float) -> None:
+        self._ledger.series_synthesized(claim, self._owner, derived.series.series_uid, derived.series.count,
+                                        self._cfg.destination_names(), seconds, self._clock(),
+                                        checks=derived.checks)
         self._on_synthesized()
 
 

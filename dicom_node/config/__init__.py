@@ -2,7 +2,7 @@
 
   checks.py        AE titles, ports, finite and bounded numbers
   node.py          [node]: one flat table, typed parts (identity, listen, timing, associations, storage, roles)
-  sections.py      [series], [send], [retention], [database], [web]
+  sections.py      [series], [send], [retention], [database], [web]; the self-check keys of [synth]
   destinations.py  [[destinations]], [[folder_destinations]]
   load.py          NodeConfig, parse_config, load_config, to_dict (check-config, secrets redacted)
 """
@@ -21,11 +21,19 @@ from dicom_node.config.node import (
     Storage,
     Timing,
 )
-from dicom_node.config.sections import DatabaseSection, RetentionSection, SendSection, SeriesSection, WebSection
+from dicom_node.config.sections import (
+    CHECK_FAIL_POLICIES,
+    DatabaseSection,
+    RetentionSection,
+    SelfCheckSection,
+    SendSection,
+    SeriesSection,
+    WebSection,
+)
 
 __all__ = [
-    "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "AssociationPolicy", "DatabaseSection", "Destination", "DestinationSection",
-    "FolderDestinationSection", "Identity", "Listener", "NodeConfig", "NodeSection", "RetentionSection", "Roles",
-    "SendSection", "SeriesSection", "Storage", "Timing", "WebSection", "load_config", "parse_config", "redact_url",
-    "to_dict",
+    "CHECK_FAIL_POLICIES", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "AssociationPolicy", "DatabaseSection", "Destination",
+    "DestinationSection", "FolderDestinationSection", "Identity", "Listener", "NodeConfig", "NodeSection",
+    "RetentionSection", "Roles", "SelfCheckSection", "SendSection", "SeriesSection", "Storage", "Timing", "WebSection",
+    "load_config", "parse_config", "redact_url", "to_dict",
 ]

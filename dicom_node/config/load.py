@@ -13,11 +13,19 @@ from typing import Any, TypeVar
 
 from dicom_node.config.destinations import DestinationSection, FolderDestinationSection
 from dicom_node.config.node import NodeSection
-from dicom_node.config.sections import DatabaseSection, RetentionSection, SendSection, SeriesSection, WebSection
+from dicom_node.config.sections import (
+    DatabaseSection,
+    RetentionSection,
+    SelfCheckSection,
+    SendSection,
+    SeriesSection,
+    WebSection,
+)
 from dicom_node.errors import ConfigError
 from synth.config import SynthConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "node.toml"
+SELF_CHECK_KEYS = tuple(f.name for f in dataclasses.fields(SelfCheckSection))   # [synth] keys the node owns
 SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
 
 
@@ -26,6 +34,7 @@ class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     series: SeriesSection = field(default_factory=SeriesSection)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    self_check: SelfCheckSection = field(default_factory=SelfCheckSection)   # written in [synth]
     send: SendSection = field(default_factory=SendSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -128,6 +137,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
     base = base_dir or Path.cwd()
     node = _node_section(raw.get("node", {}), f"{source}: node", base)
     synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
+    check_raw = {key: synth_raw.pop(key) for key in SELF_CHECK_KEYS if key in synth_raw} \
+        if isinstance(synth_raw, dict) else {}
     if isinstance(synth_raw, dict) and synth_raw.get("weights"):
         synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
     dests_raw = raw.get("destinations", [])
@@ -154,6 +165,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         node=node,
         series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
         synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        self_check=_section(SelfCheckSection, check_raw, f"{source}: synth"),
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
         retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
         database=_section(DatabaseSection, raw.get("database", {}), f"{source}: database"),
@@ -189,6 +201,7 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out.pop("source")
     out["node"] = cfg.node.flat()             # as the [node] table is written, not its parts
+    out["synth"].update(out.pop("self_check"))  # as the [synth] table is written
     redacted: dict[str, Any] = _redact(out)
     return redacted
 

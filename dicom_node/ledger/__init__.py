@@ -35,6 +35,8 @@ from dicom_node.ledger.schema import (
     JobState,
     RecordOutcome,
     RefusedRow,
+    SelfCheckRecord,
+    SelfCheckRow,
     SendClaim,
     SendJobRow,
     SeriesClaim,
@@ -44,7 +46,8 @@ from dicom_node.ledger.schema import (
 
 __all__ = [
     "TERMINAL", "BackoffPolicy", "Base", "InstanceRow", "JobState", "Ledger", "LedgerSchemaError",
-    "RecordOutcome", "RefusedRow", "SendClaim", "SendJobRow", "SeriesClaim", "SeriesRow", "SeriesState",
+    "RecordOutcome", "RefusedRow", "SelfCheckRecord", "SelfCheckRow", "SendClaim", "SendJobRow", "SeriesClaim",
+    "SeriesRow", "SeriesState",
     "check_schema", "head_revision", "open_engine", "open_ledger", "schema_revision", "upgrade_schema",
 ]
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 
 from dicom_node.ledger.base import LedgerBase
-from dicom_node.ledger.schema import InstanceRow, JobState, RefusedRow, SendJobRow, SeriesRow, SeriesState
+from dicom_node.ledger.schema import (
+    InstanceRow,
+    JobState,
+    RefusedRow,
+    SelfCheckRow,
+    SendJobRow,
+    SeriesRow,
+    SeriesState,
+)
 
 ACTION_STATES: dict[str, frozenset[str]] = {
     "retry": frozenset({SeriesState.FAILED, SeriesState.REJECTED}),
@@ -53,6 +61,7 @@ class Admin(LedgerBase):
             if uids:
                 s.execute(delete(SendJobRow).where(SendJobRow.series_uid.in_(uids)))
                 s.execute(delete(RefusedRow).where(RefusedRow.series_uid.in_(uids)))
+                s.execute(delete(SelfCheckRow).where(SelfCheckRow.series_uid.in_(uids)))
                 s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(uids)))
                 s.execute(delete(SeriesRow).where(SeriesRow.series_uid.in_(uids)))
             return [(str(a), str(b)) for a, b in rows]
@@ -68,6 +77,7 @@ class Admin(LedgerBase):
             derived = row.derived_series_uid
             s.execute(delete(SendJobRow).where(SendJobRow.series_uid == series_uid))
             s.execute(delete(RefusedRow).where(RefusedRow.series_uid == series_uid))
+            s.execute(delete(SelfCheckRow).where(SelfCheckRow.series_uid == series_uid))
             s.execute(delete(InstanceRow).where(InstanceRow.series_uid == series_uid))
             s.delete(row)
             return derived
