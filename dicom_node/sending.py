@@ -32,8 +32,11 @@ DETAIL_MAX = 500
 
 class SendStage:
     def __init__(self, cfg: NodeConfig, sender: Sender, *, ledger: Ledger, spool: Spool,
-                 metrics: NodeMetrics, owner: str, clock: Callable[[], float]) -> None:
+                 metrics: NodeMetrics, owner: str, clock: Callable[[], float],
+                 notify: Callable[[str, str], None] | None = None) -> None:
+        """`notify(event, series_uid)` hears of a series this stage finished (done or failed)."""
         self._cfg, self._sender = cfg, sender
+        self._notify = notify or (lambda _event, _uid: None)
         self._ledger, self._spool, self._metrics = ledger, spool, metrics
         self._owner, self._clock = owner, clock
         self._backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
@@ -81,8 +84,11 @@ class SendStage:
         self._ledger.release_send(claim, self._owner, self._clock())
 
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
-        state = self._ledger.send_finished(claim, self._owner, report.sent, report.status, report.error,
+        outcome = self._ledger.record_send(claim, self._owner, report.sent, report.status, report.error,
                                            report.ok, self._backoff, self._clock())
+        state = outcome.job_state
+        if outcome.series_state is not None:
+            self._notify(outcome.series_state, claim.series_uid)
         name = self._sender.name
         self._metrics.send_attempts.labels(name).inc()
         if not report.ok:
