@@ -73,7 +73,8 @@ def find_thin_series(dest: DestinationSection, *, calling_ae: str, study_uid: st
         for status, identifier in assoc.send_c_find(_query(study_uid), StudyRootQueryRetrieveInformationModelFind):
             code = int(status.Status) if status is not None and "Status" in status else None
             if code is None:
-                return ThinAnswer(error="no C-FIND response within the timeout", series_seen=seen)
+                why = "the association was aborted" if assoc.is_aborted else "no answer within the timeout"
+                return ThinAnswer(error=f"C-FIND got no valid response ({why})", series_seen=seen)
             if code not in PENDING_STATUSES:
                 if code != 0x0000:
                     return ThinAnswer(error=f"C-FIND answered 0x{code:04X}", series_seen=seen)
