@@ -217,3 +217,12 @@ def test_the_commented_examples_parse(block: str) -> None:
     raw.update(tomllib.loads(example))
     cfg = parse_config(raw)
     assert getattr(cfg, block)
+
+
+def test_check_config_wants_cthnet_weights_when_a_rule_names_cthnet(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(f'[node]\nstorage_dir = "{tmp_path / "var"}"\nport = 0\n[synth]\nweights = "{tmp_path / "no.pt"}"\n'
+                    + CONTRACT.replace('path = "out"', f'path = "{tmp_path / "out"}"'))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert f"synth.weights: {tmp_path / 'no.pt'}: no such file" in capsys.readouterr().err
