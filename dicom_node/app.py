@@ -37,7 +37,7 @@ from dicom_node.synthesis import SynthesisStage
 from dicom_node.timers import Timers
 from dicom_node.transient import describe
 from dicom_node.web.server import WebServer
-from dicom_node.webhooks import Webhooks, event_payload
+from dicom_node.webhooks import Webhooks, event_payload, patient_fields
 from synth.backends import build_synthesizer
 from synth.seam import Synthesizer
 
@@ -209,22 +209,6 @@ class Node:
     def _wake_senders(self) -> None:
         for stage in self._send_stages:
             stage.wake.set()
-
-
-def patient_fields(spool: Spool, series_uid: str) -> dict[str, str] | None:
-    """Patient name, ID and birth date from a series' first held file (webhooks with show_patient_data)."""
-    import pydicom
-
-    files = spool.instance_files(series_uid)
-    if not files:
-        return None
-    try:
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True,
-                             specific_tags=["PatientName", "PatientID", "PatientBirthDate"])
-    except Exception:  # a file we cannot read: the event goes without them
-        return None
-    return {"name": str(ds.get("PatientName", "")), "id": str(ds.get("PatientID", "")),
-            "birth_date": str(ds.get("PatientBirthDate", ""))}
 
 
 def run_until_signalled(node: Node, stop_event: threading.Event) -> None:

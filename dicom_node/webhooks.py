@@ -24,11 +24,13 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pydicom
 from prometheus_client import Counter
 
 from dicom_node.config import WebhookSection
 from dicom_node.ledger.queries import SeriesView
 from dicom_node.ratelog import RateLimitedLog
+from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,20 @@ def event_payload(event: str, view: SeriesView, *, node_ae: str, now: float,
     if patient is not None:
         body["patient"] = patient
     return body
+
+
+def patient_fields(spool: Spool, series_uid: str) -> dict[str, str] | None:
+    """Patient name, ID and birth date from a series' first held file (webhooks with show_patient_data)."""
+    files = spool.instance_files(series_uid)
+    if not files:
+        return None
+    try:
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True,
+                             specific_tags=["PatientName", "PatientID", "PatientBirthDate"])
+    except Exception:  # a file we cannot read: the event goes without them
+        return None
+    return {"name": str(ds.get("PatientName", "")), "id": str(ds.get("PatientID", "")),
+            "birth_date": str(ds.get("PatientBirthDate", ""))}
 
 
 def _opener(hook: WebhookSection) -> urllib.request.OpenerDirector:
