@@ -64,6 +64,7 @@ class Node:
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
         self.synthesizers = self._rule_synthesizers(synthesizers or {}) if cfg.node.roles.process else {}
         self.webhooks = Webhooks(cfg.webhooks, self._event_payload, delivered=self.metrics.webhooks)
+        self._hook_reads = queries.read_engine(self.ledger.engine) if cfg.webhooks else None   # no write lock
         self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.storage.disk_watermark)
         self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
         self.scp = self._build_receiver() if cfg.node.roles.receive else None
@@ -97,7 +98,7 @@ class Node:
 
     def _event_payload(self, event: str, series_uid: str) -> dict[str, Any] | None:
         """A webhook's body (in the webhook's own thread): the series as the ledger has it now."""
-        view = queries.get_series(self.ledger.engine, series_uid)
+        view = queries.get_series(self._hook_reads or self.ledger.engine, series_uid)
         if view is None:
             return None
         patient = patient_fields(self.spool, series_uid) if self.cfg.web.show_patient_data else None

@@ -188,3 +188,17 @@ def test_with_show_patient_data_the_event_carries_it(node_factory: NodeFactory, 
     assert node.scp is not None and send_series(series, node.scp.port) == [0] * 3
     wait_until(lambda: bool(receiver.bodies()), timeout_s=30, what="the done event")
     assert receiver.bodies()[0]["patient"]["id"] == "PID42"
+
+
+def test_a_destination_that_never_takes_it_gives_a_failed_event(node_factory: NodeFactory, pacs: CollectingSCP,
+                                                                 receiver: HookReceiver) -> None:
+    pacs.status = 0xA700                                # out of resources, every attempt
+    node = node_factory(pacs=pacs, extra={"webhooks": [{"url": receiver.url, "events": ["failed"]}]})
+    series = make_ct_series(slices=3, rows=16, cols=16, seed=4)
+    assert node.scp is not None and send_series(series, node.scp.port) == [0] * 3
+    wait_until(lambda: bool(receiver.bodies()), timeout_s=30, what="the failed event")
+    (failed,) = receiver.bodies()
+    assert failed["event"] == "failed" and failed["state"] == "failed" and failed["reason"] == "send_failed"
+    by_name = {d["name"]: d for d in failed["destinations"]}
+    assert by_name["pacs"]["state"] == "failed" and by_name["pacs"]["attempts"] == 3
+    assert by_name["pacs"]["last_status"] == "0xA700" and by_name["outbox"]["state"] == "done"
