@@ -81,8 +81,9 @@ class SendStage:
         self._ledger.release_send(claim, self._owner, self._clock())
 
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
-        state = self._ledger.send_finished(claim, self._owner, report.sent, report.status, report.error,
-                                           report.ok, self._backoff, self._clock())
+        state = self._ledger.send_finished(claim, owner=self._owner, sent=report.sent, status=report.status,
+                                           error=report.error, ok=report.ok, policy=self._backoff,
+                                           now=self._clock())
         name = self._sender.name
         self._metrics.send_attempts.labels(name).inc()
         if not report.ok:

@@ -168,8 +168,9 @@ class SynthesisStage:
         logger.error("series %s rejected (%s): %s", claim.series_uid, rejection.reason, rejection.detail)
 
     def _record(self, claim: SeriesClaim, derived: DerivedSeries, seconds: float) -> None:
-        self._ledger.series_synthesized(claim, self._owner, derived.series_uid, derived.count,
-                                        self._cfg.destination_names(), seconds, self._clock())
+        self._ledger.series_synthesized(claim, owner=self._owner, derived_series_uid=derived.series_uid,
+                                        derived_count=derived.count, destinations=self._cfg.destination_names(),
+                                        synth_seconds=seconds, now=self._clock())
         self._on_synthesized()
 
 

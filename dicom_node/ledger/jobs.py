@@ -77,7 +77,7 @@ class Jobs(LedgerBase):
             row.updated_at = now
             self._reopen_if_changed(row, now)
 
-    def series_synthesized(self, claim: SeriesClaim, owner: str, derived_series_uid: str, derived_count: int,
+    def series_synthesized(self, claim: SeriesClaim, *, owner: str, derived_series_uid: str, derived_count: int,
                            destinations: list[str], synth_seconds: float, now: float) -> None:
         """Record the derived series and (re)create one pending send job per destination."""
         with self._tx() as s:
@@ -141,7 +141,7 @@ class Jobs(LedgerBase):
                 SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING))
             return value
 
-    def send_finished(self, claim: SendClaim, owner: str, sent: int, status: str, error: str,
+    def send_finished(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
                       ok: bool, policy: BackoffPolicy, now: float) -> JobState:
         """Record one attempt; a failure is retried with backoff until the attempts run out."""
         with self._tx() as s:
