@@ -6,12 +6,17 @@ compressed frame is decoded again and compared with the original pixels before i
 a plugin that lost a bit would change HU silently. An instance that cannot be encoded (or does not
 survive the check) goes uncompressed, with an error logged; the destination still gets the right
 pixels.
+
+Each send stage runs in its own thread, and pylibjpeg-openjpeg's encoder is not thread-safe (two
+threads encoding JPEG 2000 at once crash the process: seen with 2.6.0, a segfault in garbage
+collection). So encoding holds one lock per transfer syntax; decoding needs none.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ SYNTAX_UIDS: dict[str, UID] = {
     "rle-lossless": RLELossless,
 }
 assert tuple(SYNTAX_UIDS) == TRANSFER_SYNTAXES
+_ENCODER_LOCKS = {uid: threading.Lock() for uid in SYNTAX_UIDS.values()}
 
 
 class EncodingError(ValueError):
@@ -53,7 +59,8 @@ def encode(ds: Dataset, name: str) -> Dataset:
         raise EncodingError(f"{ds.SOPInstanceUID}: is {ds.file_meta.TransferSyntaxUID}, not uncompressed")
     try:
         original = ds.pixel_array.copy()
-        ds.compress(target, generate_instance_uid=False)
+        with _ENCODER_LOCKS[target]:
+            ds.compress(target, generate_instance_uid=False)
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         raise EncodingError(f"{ds.SOPInstanceUID}: {name} encoding failed ({exc})") from exc
     decoded = decode_pixels(to_bytes(ds))

@@ -89,3 +89,28 @@ def test_a_folder_destination_writes_its_transfer_syntax(tmp_path: Path, name: s
         assert back.file_meta.TransferSyntaxUID == SYNTAX_UIDS[name]
         assert np.array_equal(back.pixel_array, pixels)
     assert sender.describe() == str(tmp_path / "out") + ("" if name == "explicit-le" else f" ({name})")
+
+
+CONCURRENT_J2K = """
+import copy, threading, numpy as np
+from pydicom.examples import ct
+from dicom_node.encoding import encode
+ds = ct.copy(); ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+ds.PixelData = np.random.default_rng(0).integers(-1024, 3000, (128, 128), dtype=np.int16).tobytes()
+def work():
+    for _ in range(25):
+        encode(copy.deepcopy(ds), "jpeg2000-lossless")
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print("ok")
+"""
+
+
+def test_send_stages_may_encode_jpeg2000_at_once() -> None:
+    """Four threads encoding J2K at once: without encoding's lock, pylibjpeg-openjpeg 2.6 segfaults."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_J2K], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr[-2000:]
