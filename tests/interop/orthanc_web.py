@@ -97,7 +97,7 @@ def running_orthanc_web(workdir: Path, *, auth: bool = False, webviewer: bool = 
         "RegisteredUsers": {USER: PASSWORD} if auth else {},
         "DicomServerEnabled": True, "DicomPort": free_port(), "DicomAet": "ORTHANCWEB",
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "SaveJobs": False, "OverwriteInstances": True, "HttpTimeout": 60,
+        "SaveJobs": False, "OverwriteInstances": True, "HttpTimeout": 60, "StableAge": 1,
     }  # fmt: skip
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
