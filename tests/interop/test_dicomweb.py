@@ -184,3 +184,27 @@ def test_a_response_missing_instances_is_not_success(make_node: Callable[..., No
     assert isinstance(server, StowServer)
     assert (send.state, send.last_status) == ("failed", "unacknowledged")
     assert send.sent == DERIVED - (DERIVED // PER_REQUEST + 1)
+
+
+def test_the_dashboard_checks_a_dicomweb_destination(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from dicom_node.web.app import build_app
+    from tests.unit.test_web_actions import csrf_of
+
+    with running_stow_server() as server:
+        raw = {"node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+               "web": {"enabled": False, "token": "dash-token"},
+               "dicomweb_destinations": [{"name": "web", "url": server.url, "token": "stow-token"}]}
+        client = TestClient(build_app(Node(parse_config(raw)).operations))
+        page = client.get("/destinations").text
+        assert "dicomweb" in page and f"STOW-RS {server.url}/studies (bearer token)" in page
+        assert "stow-token" not in page
+        assert client.post("/login", data={"token": "dash-token", "next": "/"},
+                           follow_redirects=False).status_code == 303
+        page = client.get("/destinations").text
+        assert 'id="check-web"' in page and "Check STOW-RS" in page
+        done = client.post("/destinations/web/check", data={"csrf": csrf_of(page)}, follow_redirects=False)
+        assert done.status_code == 303
+        assert "reachable (HTTP 200 to an empty request)" in client.get(done.headers["location"]).text
+        assert server.received == [] and len(server.requests) == 1

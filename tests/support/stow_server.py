@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,10 +53,12 @@ class StowServer:
     requests: list[dict[str, str]] = field(default_factory=list)    # headers of each POST
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    scheme: str = "http"
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
+        return f"{self.scheme}://{self.host}:{self.port}/dicom-web"
 
     def handle(self, headers: dict[str, str], body: bytes) -> Answer:
         match = re.search(r'boundary="?([^";]+)"?', headers.get("content-type", ""))
@@ -84,8 +87,10 @@ def _parts(body: bytes, boundary: bytes) -> list[Dataset]:
 
 
 @contextmanager
-def running_stow_server(answer: Callable[[int, list[str]], Answer] = all_stored) -> Iterator[StowServer]:
-    state = StowServer(answer)
+def running_stow_server(answer: Callable[[int, list[str]], Answer] = all_stored, *,
+                        tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> Iterator[StowServer]:
+    """The server on a free loopback port; over HTTPS with `tls` (a server-side context)."""
+    state = StowServer(answer, scheme="https" if tls else "http", host=host)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -102,7 +107,9 @@ def running_stow_server(answer: Callable[[int, list[str]], Answer] = all_stored)
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, name="stow-server", daemon=True)
     thread.start()
