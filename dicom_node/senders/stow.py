@@ -129,7 +129,7 @@ def judge(http_status: int, body: StowResponse | None, sent: Sequence[str]) -> S
     sent_set = set(sent)
     failed_reasons = {uid: code for uid, code in (body.failed if body else ()) if uid in sent_set}
     referenced = None if body is None or body.referenced is None else set(body.referenced) & sent_set
-    if http_status in (200, 202):
+    if http_status == 200 or (http_status == 202 and body is not None):   # a bare 202 says not which failed
         stored = [uid for uid in sent if uid not in failed_reasons and (referenced is None or uid in referenced)]
     else:
         stored = [uid for uid in sent if referenced is not None and uid in referenced and uid not in failed_reasons]
@@ -146,8 +146,8 @@ def judge(http_status: int, body: StowResponse | None, sent: Sequence[str]) -> S
                  f"(Failure Reason {_reason_text(first)})")
     elif http_status in (200, 202):
         status = "unacknowledged"
-        error = (f"HTTP {http_status}: {len(failed)} of {len(sent)} instance(s) missing from the response's "
-                 "Referenced SOP Sequence")
+        where = "Referenced SOP Sequence" if body is not None else "body (no Store Instances Response)"
+        error = f"HTTP {http_status}: {len(failed)} of {len(sent)} instance(s) missing from the response's {where}"
     else:
         status = f"http-{http_status}"
         error = f"HTTP {http_status} ({_meaning(http_status)}): {len(failed)} of {len(sent)} instance(s) not stored"

@@ -109,3 +109,10 @@ def test_instances_the_response_does_not_mention_are_not_stored() -> None:
 def test_uids_we_did_not_send_are_ignored() -> None:
     outcome = judge(200, _body([*SENT, "9.9.9"], ["8.8.8"]), SENT)
     assert outcome.status == "ok" and outcome.stored == tuple(SENT)
+
+
+def test_a_202_without_a_body_does_not_say_what_was_stored() -> None:
+    outcome = judge(202, None, SENT)
+    assert (outcome.stored, outcome.status, outcome.retry) == ((), "unacknowledged", True)
+    assert outcome.error == ("HTTP 202: 3 of 3 instance(s) missing from the response's body "
+                             "(no Store Instances Response)")
