@@ -77,7 +77,7 @@ def test_each_destination_gets_its_syntax_losslessly(tmp_path: Path, syntax: str
     node = Node(parse_config(raw))
     node.start()
     try:
-        source = make_ct_series(slices=SLICES, rows=64, cols=64, seed=3)
+        source = make_ct_series(slices=SLICES, rows=32, cols=32, seed=3)
         assert node.scp is not None and send_series(source, node.scp.port) == [0] * SLICES
         uid = str(source[0].SeriesInstanceUID)
 
