@@ -83,7 +83,7 @@ class SendStage:
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
         state = self._ledger.send_finished(claim, owner=self._owner, sent=report.sent, status=report.status,
                                            error=report.error, ok=report.ok, policy=self._backoff,
-                                           now=self._clock())
+                                           now=self._clock(), retry=report.retry)
         name = self._sender.name
         self._metrics.send_attempts.labels(name).inc()
         if not report.ok:
@@ -92,8 +92,9 @@ class SendStage:
             logger.info("sent %d/%d of %s to %s in %.2f s", report.sent, report.total,
                         claim.derived_series_uid, name, elapsed_s)
         elif state is JobState.FAILED:
-            logger.error("gave up sending %s to %s after %d attempt(s): %s", claim.derived_series_uid,
-                         name, claim.attempts + 1, report.error)
+            logger.error("gave up sending %s to %s after %d attempt(s)%s: %s", claim.derived_series_uid,
+                         name, claim.attempts + 1, "" if report.retry else " (not retried: it cannot help)",
+                         report.error)
         else:
             logger.warning("sending %s to %s failed (attempt %d, %d/%d sent, %s); will retry",
                            claim.derived_series_uid, name, claim.attempts + 1, report.sent, report.total,

@@ -142,8 +142,9 @@ class Jobs(LedgerBase):
             return value
 
     def send_finished(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
-                      ok: bool, policy: BackoffPolicy, now: float) -> JobState:
-        """Record one attempt; a failure is retried with backoff until the attempts run out."""
+                      ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> JobState:
+        """Record one attempt; a failure is retried with backoff until the attempts run out (or at once
+        kept as failed when `retry` is false: the destination said trying again cannot help)."""
         with self._tx() as s:
             job = s.get(SendJobRow, claim.job_id)
             if job is None or job.lease_owner != owner:
@@ -155,7 +156,7 @@ class Jobs(LedgerBase):
             job.updated_at = now
             if ok:
                 job.state = JobState.DONE
-            elif job.attempts >= policy.max_attempts:
+            elif not retry or job.attempts >= policy.max_attempts:
                 job.state = JobState.FAILED
             else:
                 job.state = JobState.PENDING
