@@ -45,6 +45,8 @@ def _setup_logging(level: str, debug: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)   # "job skipped" under load is not news
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("httpx", "httpcore"):     # a line per STOW-RS request (ours say more); never their DEBUG detail
+        logging.getLogger(name).setLevel(logging.WARNING)
     # pydicom logs every failed decoder attempt with a traceback, and its messages can quote element
     # values (patient data); the node reports the outcome itself, as a named reason. (Imported first:
     # importing pydicom sets its logger's level.)

@@ -273,15 +273,17 @@ class SynthesisStage:
 
     def _settle(self, claim: SeriesClaim, settled: Settled) -> None:
         """no_rule / thin_series_exists: the files stay where they are (retention removes them)."""
-        if self._ledger.series_settled(claim, self._owner, settled.state, str(settled.state), settled.detail,
-                                       self._clock(), facts=settled.facts, route=settled.route):
+        if self._ledger.series_settled(claim, owner=self._owner, state=settled.state, reason=str(settled.state),
+                                       detail=settled.detail, now=self._clock(), facts=settled.facts,
+                                       route=settled.route):
             logger.warning("series %s: %s: %s", claim.series_uid, settled.state, settled.detail)
             self._notify(str(settled.state), claim.series_uid)
 
     def _record(self, claim: SeriesClaim, derived: Derived, seconds: float) -> None:
-        settled = self._ledger.series_synthesized(claim, self._owner, derived.series.series_uid,
-                                                  derived.series.count, list(derived.route.destinations), seconds,
-                                                  self._clock(), facts=derived.facts, route=derived.route)
+        settled = self._ledger.series_synthesized(
+            claim, owner=self._owner, derived_series_uid=derived.series.series_uid, derived_count=derived.series.count,
+            destinations=list(derived.route.destinations), synth_seconds=seconds, now=self._clock(),
+            facts=derived.facts, route=derived.route)
         self._on_synthesized()
         if settled is not None:
             self._notify(settled, claim.series_uid)

@@ -3,7 +3,7 @@
   checks.py        AE titles, ports, finite and bounded numbers
   node.py          [node]: one flat table, typed parts (identity, listen, timing, associations, storage, roles)
   sections.py      [series], [send], [retention], [database], [web]
-  destinations.py  [[destinations]], [[folder_destinations]]
+  destinations.py  [[destinations]], [[folder_destinations]], [[dicomweb_destinations]]; transfer_syntax
   rules.py         [[rules]]: match (DICOM keyword or CallingAE → regex or range), backend, destinations
   webhooks.py      [[webhooks]]: a JSON POST per series event
   load.py          NodeConfig, parse_config, load_config, to_dict (check-config, secrets redacted)
@@ -11,7 +11,13 @@
 
 from __future__ import annotations
 
-from dicom_node.config.destinations import Destination, DestinationSection, FolderDestinationSection
+from dicom_node.config.destinations import (
+    TRANSFER_SYNTAXES,
+    Destination,
+    DestinationSection,
+    DicomwebDestinationSection,
+    FolderDestinationSection,
+)
 from dicom_node.config.load import DEFAULT_CONFIG, NodeConfig, load_config, parse_config, redact_url, to_dict
 from dicom_node.config.node import (
     DEFAULT_MAX_PDU,
@@ -35,8 +41,9 @@ from dicom_node.config.sections import (
 from dicom_node.config.webhooks import WebhookSection
 
 __all__ = [
-    "CALLING_AE", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "AssociationPolicy", "Condition", "DatabaseSection",
-    "Destination", "DestinationSection", "FolderDestinationSection", "Identity", "Listener", "NodeConfig",
-    "NodeSection", "RetentionSection", "Roles", "RuleSection", "SendSection", "SeriesSection", "SkipIfThinSection",
-    "Storage", "Timing", "WebSection", "WebhookSection", "load_config", "parse_config", "redact_url", "to_dict",
+    "CALLING_AE", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "TRANSFER_SYNTAXES", "AssociationPolicy", "Condition",
+    "DatabaseSection", "Destination", "DestinationSection", "DicomwebDestinationSection", "FolderDestinationSection",
+    "Identity", "Listener", "NodeConfig", "NodeSection", "RetentionSection", "Roles", "RuleSection", "SendSection",
+    "SeriesSection", "SkipIfThinSection", "Storage", "Timing", "WebSection", "WebhookSection", "load_config",
+    "parse_config", "redact_url", "to_dict",
 ]

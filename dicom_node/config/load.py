@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dicom_node.config.destinations import DestinationSection, FolderDestinationSection
+from dicom_node.config.destinations import (
+    Destination,
+    DestinationSection,
+    DicomwebDestinationSection,
+    FolderDestinationSection,
+)
 from dicom_node.config.node import NodeSection
 from dicom_node.config.rules import RuleSection, parse_rules
 from dicom_node.config.sections import (
@@ -41,6 +46,7 @@ class NodeConfig:
     web: WebSection = field(default_factory=WebSection)
     destinations: tuple[DestinationSection, ...] = ()
     folder_destinations: tuple[FolderDestinationSection, ...] = ()
+    dicomweb_destinations: tuple[DicomwebDestinationSection, ...] = ()
     rules: tuple[RuleSection, ...] = ()       # empty: every series goes to every destination
     webhooks: tuple[WebhookSection, ...] = ()
     source: str = ""                  # the file it came from, for messages
@@ -53,9 +59,9 @@ class NodeConfig:
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.storage_dir / 'state.db'}"
 
-    def all_destinations(self) -> list[DestinationSection | FolderDestinationSection]:
-        """Every configured destination, of every kind, in config order by kind."""
-        return [*self.destinations, *self.folder_destinations]
+    def all_destinations(self) -> list[Destination]:
+        """Every configured destination, of every kind, in config order by kind (names are unique across kinds)."""
+        return [*self.destinations, *self.folder_destinations, *self.dicomweb_destinations]
 
     def destination_names(self) -> list[str]:
         return [d.name for d in self.all_destinations()]
@@ -141,7 +147,7 @@ def _resolve_opt(base: Path, path: str) -> str:
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
     known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
-             "folder_destinations", "rules", "webhooks"}
+             "folder_destinations", "dicomweb_destinations", "rules", "webhooks"}
     if unknown := sorted(raw.keys() - known):
         raise ConfigError(f"{source}: unknown section(s) {unknown}")
     base = base_dir or Path.cwd()
@@ -151,7 +157,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
     dests_raw = raw.get("destinations", [])
     folders_raw = raw.get("folder_destinations", [])
-    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
+    web_raw = raw.get("dicomweb_destinations", [])
+    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw),
+                       ("dicomweb_destinations", web_raw)):
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]])")
     dests = tuple(
@@ -166,7 +174,14 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
             for i, d in enumerate(folders_raw)
         )
     )
-    names = [d.name for d in dests] + [f.name for f in folders]
+    webs = tuple(
+        dataclasses.replace(w, ca_file=_resolve_opt(base, w.ca_file))
+        for w in (
+            _section(DicomwebDestinationSection, d, f"{source}: dicomweb_destinations[{i}]")
+            for i, d in enumerate(web_raw)
+        )
+    )
+    names = [d.name for d in dests] + [f.name for f in folders] + [w.name for w in webs]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
     cfg = NodeConfig(
@@ -179,6 +194,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         web=_section(WebSection, raw.get("web", {}), f"{source}: web"),
         destinations=dests,
         folder_destinations=folders,
+        dicomweb_destinations=webs,
         webhooks=_webhooks(raw.get("webhooks", []), source, base),
         source=source,
     )

@@ -99,8 +99,8 @@ class Jobs(LedgerBase):
             row.updated_at = now
             self._reopen_if_changed(row, now)
 
-    def series_settled(self, claim: SeriesClaim, owner: str, state: SeriesState, reason: str, detail: str,
-                       now: float, *, facts: SeriesFacts | None = None, route: RouteChoice | None = None) -> bool:
+    def series_settled(self, claim: SeriesClaim, *, owner: str, state: SeriesState, reason: str, detail: str,
+                       now: float, facts: SeriesFacts | None = None, route: RouteChoice | None = None) -> bool:
         """End a claimed series without output: `no_rule` or `thin_series_exists` (kept with its reason
         until retention removes it). False when the lease was lost."""
         if state not in SETTLED_WITHOUT_OUTPUT:
@@ -118,8 +118,8 @@ class Jobs(LedgerBase):
             self._reopen_if_changed(row, now)
             return True
 
-    def series_synthesized(self, claim: SeriesClaim, owner: str, derived_series_uid: str, derived_count: int,
-                           destinations: list[str], synth_seconds: float, now: float, *,
+    def series_synthesized(self, claim: SeriesClaim, *, owner: str, derived_series_uid: str, derived_count: int,
+                           destinations: list[str], synth_seconds: float, now: float,
                            facts: SeriesFacts | None = None, route: RouteChoice | None = None) -> str | None:
         """Record the derived series and (re)create one pending send job per destination. Returns the
         series' new state when that already finished it (no destinations: done)."""
@@ -185,13 +185,15 @@ class Jobs(LedgerBase):
                 SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING))
             return value
 
-    def send_finished(self, claim: SendClaim, owner: str, sent: int, status: str, error: str,
-                      ok: bool, policy: BackoffPolicy, now: float) -> JobState:
-        """Record one attempt; a failure is retried with backoff until the attempts run out."""
-        return self.record_send(claim, owner, sent, status, error, ok, policy, now).job_state
+    def send_finished(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
+                      ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> JobState:
+        """Record one attempt; a failure is retried with backoff until the attempts run out (or at once
+        kept as failed when `retry` is false: the destination said trying again cannot help)."""
+        return self.record_send(claim, owner=owner, sent=sent, status=status, error=error, ok=ok, policy=policy,
+                                now=now, retry=retry).job_state
 
-    def record_send(self, claim: SendClaim, owner: str, sent: int, status: str, error: str,
-                    ok: bool, policy: BackoffPolicy, now: float) -> SendOutcome:
+    def record_send(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
+                    ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> SendOutcome:
         """`send_finished`, also saying whether this attempt finished the series (for notifications:
         exactly one attempt does, in the transaction that settles it)."""
         with self._tx() as s:
@@ -205,7 +207,7 @@ class Jobs(LedgerBase):
             job.updated_at = now
             if ok:
                 job.state = JobState.DONE
-            elif job.attempts >= policy.max_attempts:
+            elif not retry or job.attempts >= policy.max_attempts:
                 job.state = JobState.FAILED
             else:
                 job.state = JobState.PENDING

@@ -131,7 +131,7 @@ SCHEMAS: dict[str, Any] = {
     "Destination": {
         "type": "object", "required": ["name", "kind", "target", "counts", "active", "failed"],
         "properties": {
-            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["dicom", "folder"]},
+            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["dicom", "folder", "dicomweb"]},
             "target": {"type": "string"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "active": {"type": "array", "items": _ref("Send"), "description": "pending and sending jobs"},
@@ -213,8 +213,9 @@ PATHS: dict[str, Any] = {
         "Discard", "Remove a done, failed or rejected series from the ledger, with its received and derived files.")},
     "/api/destinations/{name}/check": {"post": {
         "summary": "Check a destination",
-        "description": "C-ECHO a DICOM destination (with the node's AE title), or check that a folder "
-                       "destination is writable. Changes nothing.",
+        "description": "C-ECHO a DICOM destination (with the node's AE title), check that a folder "
+                       "destination is writable, or send an empty STOW-RS request (no instance) to a "
+                       "DICOMweb destination. Changes nothing.",
         "tags": ["actions"], "security": _SECURED,
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _json(_ref("CheckResult"), "checked (see ok)"),

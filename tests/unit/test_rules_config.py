@@ -226,3 +226,9 @@ def test_check_config_wants_cthnet_weights_when_a_rule_names_cthnet(tmp_path: Pa
                     + CONTRACT.replace('path = "out"', f'path = "{tmp_path / "out"}"'))
     assert main(["check-config", "--config", str(path)]) == 2
     assert f"synth.weights: {tmp_path / 'no.pt'}: no such file" in capsys.readouterr().err
+
+
+def test_a_rule_may_name_a_dicomweb_destination() -> None:
+    cfg = parse_config({**DESTS, "dicomweb_destinations": [{"name": "pacs-web", "url": "https://pacs.example/dicom-web"}],
+                        "rules": [{"name": "web", "destinations": ["pacs-web", "cad"]}]})
+    assert cfg.rules[0].destinations == ("pacs-web", "cad")
