@@ -5,7 +5,7 @@
 name = "sharp-kernel-to-cad"
 match = { ConvolutionKernel = "^B$", SliceThickness = [4.0, 6.0], CallingAE = "^CT0[1-3]$" }
 backend = "cthnet"                 # optional: overrides [synth] backend for this rule
-destinations = ["cad", "pacs"]     # names from any destination list
+destinations = ["cad", "pacs"]     # names from [[destinations]], [[dicomweb_destinations]], [[folder_destinations]]
 ```
 
 `match` maps a DICOM keyword (of the series' first instance) or `CallingAE` to a regular expression
