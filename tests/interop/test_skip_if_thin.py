@@ -18,6 +18,7 @@ from tests.integration.conftest import send_series, wait_until
 from tests.interop.peers import NODE_AE, Orthanc, OrthancFactory, free_port
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
+from tests.support.webhook_receiver import HookReceiver
 
 pytestmark = pytest.mark.interop
 
@@ -71,13 +72,21 @@ def test_a_caller_orthanc_does_not_know_gets_a_reason_not_a_skip(pacs: Orthanc) 
 
 
 @pytest.fixture
-def node(tmp_path: Path, pacs: Orthanc) -> Iterator[Node]:
+def hooks() -> Iterator[HookReceiver]:
+    receiver = HookReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path, pacs: Orthanc, hooks: HookReceiver) -> Iterator[Node]:
     cfg = parse_config({
         "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "ae_title": NODE_AE},
         "series": {"quiet_period_s": 1.0, "skip_if_thin": {"destination": "pacs", "max_thickness_mm": 1.5}},
         "destinations": [{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}],
         "folder_destinations": [{"name": "outbox", "path": str(tmp_path / "outbox")}],
         "rules": [{"name": "to-outbox", "destinations": ["outbox"]}],
+        "webhooks": [{"url": hooks.url, "events": ["thin_series_exists", "done"]}],
     })
     node = Node(cfg)
     node.start()
@@ -86,7 +95,7 @@ def node(tmp_path: Path, pacs: Orthanc) -> Iterator[Node]:
 
 
 def test_the_node_skips_a_study_that_has_a_thin_series_and_processes_one_that_does_not(
-        node: Node, tmp_path: Path) -> None:
+        node: Node, tmp_path: Path, hooks: HookReceiver) -> None:
     assert node.scp is not None
     skipped = make_ct_series(slices=4, rows=16, cols=16, study_uid=STUDY_WITH_THIN, seed=21)
     processed = make_ct_series(slices=4, rows=16, cols=16, study_uid=STUDY_THICK_ONLY, seed=22)
@@ -106,3 +115,8 @@ def test_the_node_skips_a_study_that_has_a_thin_series_and_processes_one_that_do
     outbox = [p.name for p in (tmp_path / "outbox").iterdir()]
     done_view = view(node.ledger, str(processed[0].SeriesInstanceUID))
     assert done_view is not None and outbox == [done_view.derived_series_uid]     # only the processed one
+    wait_until(lambda: len(hooks.bodies()) == 2, timeout_s=10, what="two webhook events")
+    events = {body["event"]: body for body in hooks.bodies()}
+    assert events["thin_series_exists"]["series_uid"] == str(skipped[0].SeriesInstanceUID)
+    assert events["thin_series_exists"]["reason"] == "thin_series_exists"
+    assert events["done"]["series_uid"] == str(processed[0].SeriesInstanceUID)
