@@ -209,7 +209,8 @@ def port_problems(cfg: NodeConfig, *, receive: bool, check_free: bool) -> list[P
 
 # -- the rest -----------------------------------------------------------------------------------------
 def weights_problem(cfg: NodeConfig) -> Problem | None:
-    if cfg.synth.backend != "cthnet":
+    """The weights file, when [synth] backend or any rule's backend is cthnet."""
+    if "cthnet" not in cfg.backends():
         return None
     return _file_problem("synth.weights", cfg.synth.weights_path)
 

@@ -4,6 +4,8 @@
   node.py          [node]: one flat table, typed parts (identity, listen, timing, associations, storage, roles)
   sections.py      [series], [send], [retention], [database], [web]
   destinations.py  [[destinations]], [[folder_destinations]], [[dicomweb_destinations]]; transfer_syntax
+  rules.py         [[rules]]: match (DICOM keyword or CallingAE → regex or range), backend, destinations
+  webhooks.py      [[webhooks]]: a JSON POST per series event
   load.py          NodeConfig, parse_config, load_config, to_dict (check-config, secrets redacted)
 """
 
@@ -27,11 +29,21 @@ from dicom_node.config.node import (
     Storage,
     Timing,
 )
-from dicom_node.config.sections import DatabaseSection, RetentionSection, SendSection, SeriesSection, WebSection
+from dicom_node.config.rules import CALLING_AE, Condition, RuleSection
+from dicom_node.config.sections import (
+    DatabaseSection,
+    RetentionSection,
+    SendSection,
+    SeriesSection,
+    SkipIfThinSection,
+    WebSection,
+)
+from dicom_node.config.webhooks import WebhookSection
 
 __all__ = [
-    "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "TRANSFER_SYNTAXES", "AssociationPolicy", "DatabaseSection", "Destination",
-    "DestinationSection", "DicomwebDestinationSection", "FolderDestinationSection", "Identity", "Listener",
-    "NodeConfig", "NodeSection", "RetentionSection", "Roles", "SendSection", "SeriesSection", "Storage", "Timing",
-    "WebSection", "load_config", "parse_config", "redact_url", "to_dict",
+    "CALLING_AE", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "TRANSFER_SYNTAXES", "AssociationPolicy", "Condition",
+    "DatabaseSection", "Destination", "DestinationSection", "DicomwebDestinationSection", "FolderDestinationSection",
+    "Identity", "Listener", "NodeConfig", "NodeSection", "RetentionSection", "Roles", "RuleSection", "SendSection",
+    "SeriesSection", "SkipIfThinSection", "Storage", "Timing", "WebSection", "WebhookSection", "load_config",
+    "parse_config", "redact_url", "to_dict",
 ]

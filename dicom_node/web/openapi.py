@@ -10,7 +10,7 @@ from typing import Any
 
 import dicom_node
 from dicom_node.config import WebSection
-from dicom_node.ledger.queries import MAX_LIMIT, MAX_OFFSET
+from dicom_node.ledger.queries import MAX_LIMIT, MAX_OFFSET, SERIES_STATES
 
 _UID = {"type": "string", "pattern": r"^[0-9.]{1,64}$", "description": "a DICOM UID"}
 _TIME = {"type": "number", "description": "seconds since the Unix epoch"}
@@ -93,8 +93,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "series_uid": _UID,
             "study_uid": _UID,
-            "state": {"type": "string",
-                      "enum": ["receiving", "complete", "synthesizing", "sending", "done", "rejected", "failed"]},
+            "state": {"type": "string", "enum": list(SERIES_STATES)},
             "reason": {"type": "string", "description": "machine-readable rejection or failure reason"},
             "detail": {"type": "string"},
             "calling_ae": {"type": "string"},
@@ -110,6 +109,13 @@ SCHEMAS: dict[str, Any] = {
             "receive_seconds": {"type": "number"},
             "total_seconds": _NSECONDS,
             "sends": {"type": "array", "items": _ref("Send")},
+            "rule": {"type": "string", "description": "the [[rules]] entry that routed it (empty without rules)"},
+            "route_destinations": {"type": "array", "items": {"type": "string"},
+                                   "description": "the destinations the rule chose (sending goes only there)"},
+            "backend": {"type": "string", "description": "the synthesis backend that made the derived series"},
+            "series_description": {"type": "string", "description": "SeriesDescription of the first instance"},
+            "convolution_kernel": {"type": "string", "description": "ConvolutionKernel of the first instance"},
+            "slice_thickness_mm": {"type": ["number", "null"], "description": "SliceThickness of the first instance"},
             "previews": {"type": "object", "description": "PNG URLs, present on the single-series endpoint",
                          "additionalProperties": {"type": "string"}},
             "header": {"type": ["object", "null"], "description": "non-identifying DICOM attributes"},

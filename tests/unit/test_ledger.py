@@ -175,7 +175,8 @@ def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
     summary = view(ledger, "1.2.3")
     assert summary is not None and (summary.state, summary.reason) == ("rejected", "gantry_tilt")
     assert ledger.retry("1.2.3", 201.0) == "queued for processing again"
-    with pytest.raises(ValueError, match=r"is complete; only failed or rejected series can be retried"):
+    with pytest.raises(ValueError, match=r"is complete; only failed, no_rule, rejected or thin_series_exists "
+                                         r"series can be retried"):
         ledger.retry("1.2.3", 202.0)
     with pytest.raises(KeyError, match=r"no series 9.9 in the ledger"):
         ledger.retry("9.9", 202.0)
