@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine with Python 3.11 for the node: system packages, a virtualenv in .venv,
 # and the node installed into it. `--test` also installs the real peers the tests use (dcmtk,
-# dicom3tools, Orthanc with its GDCM plugin, PostgreSQL, Chromium). Safe to run again.
+# dicom3tools, Orthanc with its GDCM, DICOMweb and Web Viewer plugins, PostgreSQL, Chromium). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ if [ "$want_test" = 1 ]; then
     [ -x "/usr/bin/${bin%%:*}" ] || [ -x "/usr/sbin/${bin%%:*}" ] || packages+=("${bin##*:}")
   done
   [ -f /usr/share/orthanc/plugins/libOrthancGdcm.so ] || packages+=(orthanc-gdcm)
+  [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || packages+=(orthanc-dicomweb)     # STOW-RS peer
+  [ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ] || packages+=(orthanc-webviewer)   # the viewer test
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || packages+=(postgresql)
   [ -x /usr/bin/chromium ] || packages+=(chromium)    # the dashboard's browser test (Playwright drives it)
 fi

@@ -1,8 +1,10 @@
 """What an administrator can do to a series, and in which states: one place for the CLI and the web.
 
-retry    a failed series: its failed sends again; a rejected series: processed again
+retry    a failed series: its failed sends again; a rejected, no_rule or thin_series_exists series:
+         processed again (selection, rules and skip_if_thin run again)
 resend   a done or failed series: its derived series sent again (to one destination, or all)
-discard  a done, failed or rejected series: its ledger rows and files removed
+discard  a finished series (done, failed, rejected, no_rule, thin_series_exists): its ledger rows and
+         files removed
 
 `allowed(state, has_sends)` says which actions a state allows (the dashboard shows only those);
 `perform(...)` checks the same rules, changes the ledger and the spool, and returns what it did.

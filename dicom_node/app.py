@@ -8,18 +8,20 @@ and acts through `operations.Operations`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pynetdicom import _config as pynetdicom_config
 
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.errors import StartupError
-from dicom_node.ledger import RecordOutcome, open_ledger
+from dicom_node.ledger import RecordOutcome, open_ledger, queries
 from dicom_node.metrics import NodeMetrics
 from dicom_node.operations import Operations
 from dicom_node.preflight import listen_error
@@ -35,6 +37,7 @@ from dicom_node.synthesis import SynthesisStage
 from dicom_node.timers import Timers
 from dicom_node.transient import describe
 from dicom_node.web.server import WebServer
+from dicom_node.webhooks import Webhooks, event_payload, patient_fields
 from synth.backends import build_synthesizer
 from synth.seam import Synthesizer
 
@@ -49,13 +52,19 @@ LEASE_SWEEP_MAX_S = 30.0
 
 class Node:
     def __init__(self, cfg: NodeConfig, synthesizer: Synthesizer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 synthesizers: Mapping[str, Synthesizer] | None = None) -> None:
+        """`synthesizer` for [synth] backend and `synthesizers` (by backend name, for the rules' other
+        backends) replace what the config would build (tests)."""
         self.cfg, self.clock = cfg, clock
         self.spool = Spool(cfg.storage_dir, fsync=cfg.node.storage.fsync)
         self.ledger = open_ledger(cfg.database_url, migrate=True)    # the node serves: it migrates
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
         self.owner = lease_owner_name()
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
+        self.synthesizers = self._rule_synthesizers(synthesizers or {}) if cfg.node.roles.process else {}
+        self.webhooks = Webhooks(cfg.webhooks, self._event_payload, delivered=self.metrics.webhooks)
+        self._hook_reads = queries.read_engine(self.ledger.engine) if cfg.webhooks else None   # no write lock
         self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.storage.disk_watermark)
         self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
         self.scp = self._build_receiver() if cfg.node.roles.receive else None
@@ -81,15 +90,32 @@ class Node:
         self.metrics.watch_associations(scp.slot_usage)
         return scp
 
+    def _rule_synthesizers(self, given: Mapping[str, Synthesizer]) -> dict[str, Synthesizer]:
+        """One synthesizer per backend a rule names beside [synth] backend, built (and loaded) at start-up."""
+        return {name: given[name] if name in given else build_synthesizer(dataclasses.replace(self.cfg.synth,
+                                                                                              backend=name))
+                for name in self.cfg.backends()[1:]}
+
+    def _event_payload(self, event: str, series_uid: str) -> dict[str, Any] | None:
+        """A webhook's body (in the webhook's own thread): the series as the ledger has it now."""
+        view = queries.get_series(self._hook_reads or self.ledger.engine, series_uid)
+        if view is None:
+            return None
+        patient = patient_fields(self.spool, series_uid) if self.cfg.web.show_patient_data else None
+        return event_payload(event, view, node_ae=self.cfg.node.identity.ae_title, now=self.clock(),
+                             patient=patient)
+
     def _build_stages(self) -> None:
         context = SenderContext(self.cfg.node.identity.ae_title, self.cfg.send.timeout_s)
         for dest in self.cfg.all_destinations():
             sending = SendStage(self.cfg, build_sender(dest, context), ledger=self.ledger, spool=self.spool,
-                                metrics=self.metrics, owner=self.owner, clock=self.clock)
+                                metrics=self.metrics, owner=self.owner, clock=self.clock,
+                                notify=self.webhooks.notify)
             self._send_stages.append(self.supervisor.add(Stage(f"send-{dest.name}", sending.step)))
         synthesis = SynthesisStage(self.cfg, ledger=self.ledger, spool=self.spool, synthesizer=self.synthesizer,
                                    disk=self.disk_guard, metrics=self.metrics, owner=self.owner, clock=self.clock,
-                                   on_synthesized=self._wake_senders)
+                                   on_synthesized=self._wake_senders, synthesizers=self.synthesizers,
+                                   notify=self.webhooks.notify)
         self._synth_stage = self.supervisor.add(Stage("synthesis", synthesis.step))
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -104,6 +130,7 @@ class Node:
         recover(self.ledger, self.spool, now=self.clock(), quiet_period_s=self.cfg.series.quiet_period_s,
                 receiving=self.cfg.node.roles.receive)
         self.recorder.start()
+        self.webhooks.start()
         lease_s = self.cfg.database.lease_s
         self.timers.every("complete-due", COMPLETE_EVERY_S, self._complete_due)
         self.timers.every("lease-heartbeat", lease_s / 4, self.leases.heartbeat)
@@ -132,6 +159,7 @@ class Node:
             self.web.stop()
         self.timers.stop()
         self.supervisor.stop(drain_s)
+        self.webhooks.stop()
         try:
             released = self.ledger.release_owner(self.owner, self.clock())
         except Exception as exc:  # the database is away: the leases expire by themselves

@@ -125,14 +125,41 @@ def check_instances(datasets: list[Dataset], series_uid: str) -> None:
 def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tuple[CTVolume, SourceSeries]:
     """Build the HU volume, sorted along the slice normal, after every geometry check."""
     check_instances(datasets, series_uid)
-    n = len(datasets)
+    _check_count(len(datasets), series_uid, cfg)
+    iop, normal = _orientation(datasets, series_uid)
+    frame_uid = _frame_of_reference(datasets, series_uid)
+    rows, cols = _matrix(datasets, series_uid)
+    pixel_spacing = _pixel_spacing(datasets, series_uid)
+    datasets, positions, median = _stack(datasets, normal, series_uid, cfg)
+    hu = _hu_volume(datasets, rows, cols, series_uid)
+    source = SourceSeries(
+        series_uid=series_uid,
+        header=_header_without_pixels(datasets[0]),
+        sop_class_uids=tuple(str(ds.SOPClassUID) for ds in datasets),
+        sop_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        first_position_mm=(float(positions[0][0]), float(positions[0][1]), float(positions[0][2])),
+        orientation=(float(iop[0]), float(iop[1]), float(iop[2]), float(iop[3]), float(iop[4]), float(iop[5])),
+        normal=(float(normal[0]), float(normal[1]), float(normal[2])),
+        spacing_mm=median,
+        pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1])),
+        frame_of_reference_uid=frame_uid,
+        numbered_descending=_numbered_descending(datasets),
+    )
+    volume = CTVolume(hu, (median, float(pixel_spacing[0]), float(pixel_spacing[1])),
+                      slice_thickness_mm=_slice_thickness(datasets[0]))
+    return volume, source
+
+
+def _check_count(n: int, series_uid: str, cfg: SeriesSection) -> None:
     if n < cfg.min_slices:
         raise _fail(series_uid, TOO_FEW_SLICES, f"{n} slice(s); at least {cfg.min_slices} are needed")
     if n > cfg.max_slices:
         raise _fail(series_uid, TOO_MANY_SLICES, f"{n} slices; at most {cfg.max_slices} are accepted")
 
-    first = datasets[0]
-    iop = _floats(first, "ImageOrientationPatient", 6, series_uid)
+
+def _orientation(datasets: list[Dataset], series_uid: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """One orthonormal, axial ImageOrientationPatient for all slices: (iop, slice normal)."""
+    iop = _floats(datasets[0], "ImageOrientationPatient", 6, series_uid)
     for ds in datasets[1:]:
         if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, series_uid), iop, atol=1e-4):
             raise _fail(series_uid, MIXED_ORIENTATION,
@@ -144,27 +171,42 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
     normal = np.cross(row, col)
     if abs(normal[2]) < math.cos(math.radians(45)):
         raise _fail(series_uid, NOT_AXIAL, f"slice normal {np.round(normal, 3).tolist()} is not axial")
+    return iop, normal
 
+
+def _frame_of_reference(datasets: list[Dataset], series_uid: str) -> str:
     frames = {str(ds.get("FrameOfReferenceUID", "")) for ds in datasets}
     if len(frames) != 1:
         raise _fail(series_uid, MIXED_FRAME_OF_REFERENCE, f"{len(frames)} frames of reference in one series")
     (frame_uid,) = frames
     if not frame_uid:
         raise _fail(series_uid, MISSING_ATTRIBUTE, "FrameOfReferenceUID is missing")
+    return frame_uid
 
+
+def _matrix(datasets: list[Dataset], series_uid: str) -> tuple[int, int]:
     matrices = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for ds in datasets}
     if len(matrices) != 1:
         raise _fail(series_uid, MIXED_MATRIX, f"rows x columns differ: {sorted(matrices)}")
     ((rows, cols),) = matrices
     if not (1 <= rows <= MAX_MATRIX and 1 <= cols <= MAX_MATRIX):
         raise _fail(series_uid, ABSURD_DIMENSIONS, f"{rows} x {cols} pixels is outside 1..{MAX_MATRIX}")
-    pixel_spacing = _floats(first, "PixelSpacing", 2, series_uid)
+    return rows, cols
+
+
+def _pixel_spacing(datasets: list[Dataset], series_uid: str) -> npt.NDArray[np.float64]:
+    pixel_spacing = _floats(datasets[0], "PixelSpacing", 2, series_uid)
     for ds in datasets[1:]:
         if not np.allclose(_floats(ds, "PixelSpacing", 2, series_uid), pixel_spacing, rtol=1e-4):
             raise _fail(series_uid, MIXED_PIXEL_SPACING, f"instance {ds.SOPInstanceUID} has another PixelSpacing")
     if np.any(pixel_spacing <= 0):
         raise _fail(series_uid, BAD_GEOMETRY, f"PixelSpacing {pixel_spacing.tolist()} is not positive")
+    return pixel_spacing
 
+
+def _stack(datasets: list[Dataset], normal: npt.NDArray[np.float64], series_uid: str,
+           cfg: SeriesSection) -> tuple[list[Dataset], npt.NDArray[np.float64], float]:
+    """Sort along the normal and check the stack: (sorted datasets, their positions, median spacing)."""
     positions = np.stack([_floats(ds, "ImagePositionPatient", 3, series_uid) for ds in datasets])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -188,52 +230,51 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
     if not cfg.min_spacing_mm <= median <= cfg.max_spacing_mm:
         raise _fail(series_uid, SPACING_OUT_OF_RANGE,
                     f"slice spacing {median:.3f} mm is outside {cfg.min_spacing_mm}-{cfg.max_spacing_mm} mm")
+    return datasets, positions, median
 
-    hu = np.empty((n, rows, cols), dtype=np.float32)
+
+def _hu_volume(datasets: list[Dataset], rows: int, cols: int, series_uid: str) -> npt.NDArray[np.float32]:
+    hu = np.empty((len(datasets), rows, cols), dtype=np.float32)
     for k, ds in enumerate(datasets):
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # decoders raise many types; the reason is what matters
-            raise _fail(series_uid, UNDECODABLE_PIXELS,
-                        f"instance {ds.SOPInstanceUID} ({ds.file_meta.get('TransferSyntaxUID', '?')}): "
-                        f"{type(exc).__name__}") from exc
-        if pixels.shape != (rows, cols):
-            raise _fail(series_uid, UNDECODABLE_PIXELS,
-                        f"instance {ds.SOPInstanceUID} decodes to {pixels.shape}, not one {rows}x{cols} frame")
-        try:
-            slope = _number_or(ds.get("RescaleSlope"), 1.0)
-            intercept = _number_or(ds.get("RescaleIntercept"), 0.0)
-        except (TypeError, ValueError) as exc:
-            raise _fail(series_uid, UNDECODABLE_PIXELS, f"instance {ds.SOPInstanceUID}: RescaleSlope or "
-                        "RescaleIntercept is not a number, so its pixels cannot become HU") from exc
-        if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
-            raise _fail(series_uid, UNDECODABLE_PIXELS,
-                        f"instance {ds.SOPInstanceUID}: rescale slope {slope} / intercept {intercept} is unusable")
-        hu[k] = pixels.astype(np.float32) * slope + intercept
+        hu[k] = _hu_slice(ds, rows, cols, series_uid)
+    return hu
 
+
+def _hu_slice(ds: Dataset, rows: int, cols: int, series_uid: str) -> npt.NDArray[np.float32]:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the reason is what matters
+        raise _fail(series_uid, UNDECODABLE_PIXELS,
+                    f"instance {ds.SOPInstanceUID} ({ds.file_meta.get('TransferSyntaxUID', '?')}): "
+                    f"{type(exc).__name__}") from exc
+    if pixels.shape != (rows, cols):
+        raise _fail(series_uid, UNDECODABLE_PIXELS,
+                    f"instance {ds.SOPInstanceUID} decodes to {pixels.shape}, not one {rows}x{cols} frame")
+    try:
+        slope = _number_or(ds.get("RescaleSlope"), 1.0)
+        intercept = _number_or(ds.get("RescaleIntercept"), 0.0)
+    except (TypeError, ValueError) as exc:
+        raise _fail(series_uid, UNDECODABLE_PIXELS, f"instance {ds.SOPInstanceUID}: RescaleSlope or "
+                    "RescaleIntercept is not a number, so its pixels cannot become HU") from exc
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise _fail(series_uid, UNDECODABLE_PIXELS,
+                    f"instance {ds.SOPInstanceUID}: rescale slope {slope} / intercept {intercept} is unusable")
+    result: npt.NDArray[np.float32] = pixels.astype(np.float32) * slope + intercept
+    return result
+
+
+def _numbered_descending(datasets: list[Dataset]) -> bool:
+    """Numbered from the far end only when InstanceNumber falls strictly along the normal."""
     numbers = [ds.get("InstanceNumber") for ds in datasets]
-    # Numbered from the far end only when InstanceNumber falls strictly along the normal.
-    descending = None not in numbers and all(int(a) > int(b) for a, b in itertools.pairwise(numbers))
-    header = datasets[0].copy()
+    return None not in numbers and all(int(a) > int(b) for a, b in itertools.pairwise(numbers))
+
+
+def _header_without_pixels(first: Dataset) -> Dataset:
+    header = first.copy()
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             del header[keyword]
-    source = SourceSeries(
-        series_uid=series_uid,
-        header=header,
-        sop_class_uids=tuple(str(ds.SOPClassUID) for ds in datasets),
-        sop_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-        first_position_mm=(float(positions[0][0]), float(positions[0][1]), float(positions[0][2])),
-        orientation=(float(iop[0]), float(iop[1]), float(iop[2]), float(iop[3]), float(iop[4]), float(iop[5])),
-        normal=(float(normal[0]), float(normal[1]), float(normal[2])),
-        spacing_mm=median,
-        pixel_spacing_mm=(float(pixel_spacing[0]), float(pixel_spacing[1])),
-        frame_of_reference_uid=frame_uid,
-        numbered_descending=descending,
-    )
-    volume = CTVolume(hu, (median, float(pixel_spacing[0]), float(pixel_spacing[1])),
-                      slice_thickness_mm=_slice_thickness(first))
-    return volume, source
+    return header
 
 
 def _slice_thickness(ds: Dataset) -> float:

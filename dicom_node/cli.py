@@ -1,4 +1,4 @@
-"""dicom-node: run | worker | check-config | echo | list | retry | discard | rebuild-ledger.
+"""dicom-node: run | worker | check-config | route | echo | list | retry | discard | rebuild-ledger.
 
 The only place that reads the environment. Start-up failures someone can act on (a bad config, a busy
 port, unreadable TLS files, an unwritable folder, a damaged ledger, an unreachable database) end in
@@ -45,6 +45,8 @@ def _setup_logging(level: str, debug: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)   # "job skipped" under load is not news
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("httpx", "httpcore"):     # a line per STOW-RS request (ours say more); never their DEBUG detail
+        logging.getLogger(name).setLevel(logging.WARNING)
     # pydicom logs every failed decoder attempt with a traceback, and its messages can quote element
     # values (patient data); the node reports the outcome itself, as a named reason. (Imported first:
     # importing pydicom sets its logger's level.)
@@ -156,6 +158,17 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"# {cfg.source}: valid{note}")
     print(json.dumps(to_dict(cfg), indent=2))
     return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    from dicom_node.routecheck import dry_run
+
+    cfg = _load(args)
+    try:
+        return dry_run(cfg, [Path(p) for p in args.paths], calling_ae=args.calling_ae, out=sys.stdout)
+    except ValueError as exc:
+        print(f"route: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
@@ -285,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_cmd_worker)
     check = with_config(sub.add_parser("check-config", help="validate and print the resolved config"))
     check.set_defaults(func=_cmd_check_config)
+    rte = with_config(sub.add_parser("route", help="dry run: which rule each series under PATH... falls under"))
+    rte.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    rte.add_argument("--calling-ae", help="the calling AE title to assume for CallingAE conditions")
+    rte.set_defaults(func=_cmd_route)
     echo = with_config(sub.add_parser("echo", help="C-ECHO the configured destinations (or one host)"))
     echo.add_argument("--destination", help="only this destination name")
     echo.add_argument("--host", help="echo this host instead of the configured destinations")
@@ -297,14 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--limit", type=int, default=200)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_cmd_list)
-    retry = with_config(sub.add_parser("retry", help="re-queue a failed or rejected series"))
+    retry = with_config(sub.add_parser(
+        "retry", help="re-queue a failed series, or process a rejected, no_rule or thin_series_exists one again"))
     retry.add_argument("series_uid")
     retry.set_defaults(func=_cmd_action)
     resend = with_config(sub.add_parser("resend", help="send a done or failed series' derived series again"))
     resend.add_argument("series_uid")
     resend.add_argument("--destination", help="only to this destination (default: every one it went to)")
     resend.set_defaults(func=_cmd_action)
-    discard = with_config(sub.add_parser("discard", help="remove a done, failed or rejected series and its files"))
+    discard = with_config(sub.add_parser(
+        "discard", help="remove a finished (done, failed, rejected, no_rule, thin_series_exists) series and its files"))
     discard.add_argument("series_uid")
     discard.set_defaults(func=_cmd_action)
     migrate = with_config(sub.add_parser("migrate", help="bring the ledger's schema up to date (the node also "

@@ -91,6 +91,9 @@ class NodeMetrics:
                                         "HTTP requests refused with 413: body above web.max_body_bytes", registry=r)
         self.web_previews_busy = Counter("dicom_node_web_previews_busy",
                                          "Preview requests answered 503 because the renderer was busy", registry=r)
+        self.webhooks = Counter("dicom_node_webhook_events", "Webhook events by receiver and result (delivered, "
+                                "failed: gave up after retries, dropped: the receiver's queue was full)",
+                                ["webhook", "result"], registry=r)
         self.connections_refused = Counter("dicom_node_connections_refused",
                                            "DICOM connections or associations refused, by reason", ["reason"],
                                            registry=r)

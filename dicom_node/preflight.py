@@ -127,6 +127,17 @@ def _all_tls_problems(cfg: NodeConfig, *, receive: bool, process: bool) -> list[
             except (ssl.SSLError, OSError) as exc:
                 found = [Problem(f"{prefix}.tls", f"cannot make the TLS context: {_ssl_reason(exc)}")]
         problems += found
+    for web in cfg.dicomweb_destinations if process else ():
+        if not web.ca_file:
+            continue
+        key = f"dicomweb_destinations.{web.name}.ca_file"
+        if (missing := _file_problem(key, web.ca_file)) is not None:
+            problems.append(missing)
+            continue
+        try:
+            ssl.create_default_context(cafile=web.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(Problem(key, f"{web.ca_file}: no PEM CA certificate in it ({_ssl_reason(exc)})"))
     return problems
 
 
@@ -198,7 +209,8 @@ def port_problems(cfg: NodeConfig, *, receive: bool, check_free: bool) -> list[P
 
 # -- the rest -----------------------------------------------------------------------------------------
 def weights_problem(cfg: NodeConfig) -> Problem | None:
-    if cfg.synth.backend != "cthnet":
+    """The weights file, when [synth] backend or any rule's backend is cthnet."""
+    if "cthnet" not in cfg.backends():
         return None
     return _file_problem("synth.weights", cfg.synth.weights_path)
 

@@ -1,7 +1,8 @@
 """The Storage SCP: accept CT Image Storage, write the received bytes to the spool, answer.
 
-The C-STORE handler validates the UIDs it needs, writes atomically, records the instance in the
-ledger and returns: no decoding, no assembly, nothing heavy. The caller waits for its status.
+The C-STORE handler validates the UIDs it needs, writes the file atomically into the spool, queues
+the instance for the recorder (dicom_node/record.py, which writes the ledger in batches) and returns:
+no decoding, no assembly, nothing heavy. The caller waits for its status.
 """
 
 from __future__ import annotations

@@ -32,8 +32,11 @@ DETAIL_MAX = 500
 
 class SendStage:
     def __init__(self, cfg: NodeConfig, sender: Sender, *, ledger: Ledger, spool: Spool,
-                 metrics: NodeMetrics, owner: str, clock: Callable[[], float]) -> None:
+                 metrics: NodeMetrics, owner: str, clock: Callable[[], float],
+                 notify: Callable[[str, str], None] | None = None) -> None:
+        """`notify(event, series_uid)` hears of a series this stage finished (done or failed)."""
         self._cfg, self._sender = cfg, sender
+        self._notify = notify or (lambda _event, _uid: None)
         self._ledger, self._spool, self._metrics = ledger, spool, metrics
         self._owner, self._clock = owner, clock
         self._backoff = BackoffPolicy(cfg.send.retry_initial_s, cfg.send.retry_max_s, cfg.send.max_attempts)
@@ -81,8 +84,12 @@ class SendStage:
         self._ledger.release_send(claim, self._owner, self._clock())
 
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
-        state = self._ledger.send_finished(claim, self._owner, report.sent, report.status, report.error,
-                                           report.ok, self._backoff, self._clock())
+        outcome = self._ledger.record_send(claim, owner=self._owner, sent=report.sent, status=report.status,
+                                           error=report.error, ok=report.ok, policy=self._backoff,
+                                           now=self._clock(), retry=report.retry)
+        state = outcome.job_state
+        if outcome.series_state is not None:
+            self._notify(outcome.series_state, claim.series_uid)
         name = self._sender.name
         self._metrics.send_attempts.labels(name).inc()
         if not report.ok:
@@ -91,8 +98,9 @@ class SendStage:
             logger.info("sent %d/%d of %s to %s in %.2f s", report.sent, report.total,
                         claim.derived_series_uid, name, elapsed_s)
         elif state is JobState.FAILED:
-            logger.error("gave up sending %s to %s after %d attempt(s): %s", claim.derived_series_uid,
-                         name, claim.attempts + 1, report.error)
+            logger.error("gave up sending %s to %s after %d attempt(s)%s: %s", claim.derived_series_uid,
+                         name, claim.attempts + 1, "" if report.retry else " (not retried: it cannot help)",
+                         report.error)
         else:
             logger.warning("sending %s to %s failed (attempt %d, %d/%d sent, %s); will retry",
                            claim.derived_series_uid, name, claim.attempts + 1, report.sent, report.total,

@@ -1,10 +1,12 @@
-"""The synthesis stage: a complete series → checked files → volume → thin volume → derived series.
+"""The synthesis stage: a complete series → checked files → volume → rules → thin volume → derived series.
 
 One `step()` claims one series (a lease in the ledger), checks that the disk has room for its
-derived series and that the spool still holds every instance the ledger recorded, assembles,
-synthesizes and self-checks (`dicom_node.quality`: fall back to interpolation or reject by
-`[synth] on_check_fail`), writes, and records the result with its self-checks. What can go wrong is
-sorted three ways:
+derived series and that the spool still holds every instance the ledger recorded, assembles, finds
+the rule that routes it (`dicom_node.routing`; none holds: `no_rule`) and, with
+`[series] skip_if_thin`, asks the PACS whether a thin series exists (`thin_series_exists`), then
+synthesizes with the rule's backend and self-checks the result (`dicom_node.quality`: fall back to
+interpolation or reject by `[synth] on_check_fail`), writes, and records the result with the rule's
+destinations and the self-checks. What can go wrong is sorted three ways:
 
 - the series' fault (InvalidSeriesError, SynthesisRefusedError, a failed self-check, any other error
   of the work): the series is kept under rejected/ with its reason;
@@ -18,25 +20,31 @@ work is claimed, so a full database delays the pipeline but loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dicom_node.assemble import IRREGULAR_SPACING, TOO_FEW_SLICES, assemble, read_headers
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
 from dicom_node.errors import InvalidSeriesError
-from dicom_node.ledger import Ledger, SelfCheckRecord, SeriesClaim
+from dicom_node.ledger import Ledger, RouteChoice, SelfCheckRecord, SeriesClaim, SeriesFacts, SeriesState
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
 from dicom_node.provenance import INTERPOLATION
 from dicom_node.quality import QualityCheckError, QualityGate
+from dicom_node.routing import NO_RULE, route
 from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite, StageWait
+from dicom_node.thincheck import THIN_SERIES_EXISTS, find_thin_series
 from dicom_node.transient import is_transient
 from dicom_node.write import DerivedSeries, write_derived_series
 from synth.backends import build_synthesizer
@@ -59,31 +67,70 @@ DISK_RETRY_S = 5.0
 DETAIL_MAX = 500
 
 
+Notify = Callable[[str, str], None]
+"""notify(event, series_uid): a series reached a state someone may want to hear of (webhooks)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     reason: str
     detail: str
+    facts: SeriesFacts | None = None
     checks: tuple[SelfCheckRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The series ends here without output: no rule holds, or the PACS already has a thin series."""
+
+    state: SeriesState
+    detail: str
+    facts: SeriesFacts
+    route: RouteChoice | None
 
 
 @dataclass(frozen=True, slots=True)
 class Derived:
     series: DerivedSeries
+    facts: SeriesFacts
+    route: RouteChoice
     checks: tuple[SelfCheckRecord, ...]
     outcome: Literal["passed", "fallback"]
+
+
+def _joined(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def series_facts(header: Dataset) -> SeriesFacts:
+    """SeriesDescription, ConvolutionKernel and SliceThickness of a series' first instance."""
+    raw = header.get("SliceThickness")
+    try:
+        thickness = float(raw) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        thickness = None
+    return SeriesFacts(_joined(header.get("SeriesDescription")), _joined(header.get("ConvolutionKernel")),
+                       thickness)
 
 
 class SynthesisStage:
     def __init__(self, cfg: NodeConfig, *, ledger: Ledger, spool: Spool, synthesizer: Synthesizer,
                  disk: DiskGuard, metrics: NodeMetrics, owner: str, clock: Callable[[], float],
-                 on_synthesized: Callable[[], None]) -> None:
+                 on_synthesized: Callable[[], None], synthesizers: Mapping[str, Synthesizer] | None = None,
+                 notify: Notify | None = None) -> None:
+        """`synthesizer` makes series for [synth] backend; `synthesizers` (by backend name) those for the
+        rules that name another backend."""
         self._cfg, self._ledger, self._spool = cfg, ledger, spool
         self._synthesizer, self._disk, self._metrics = synthesizer, disk, metrics
+        self._synthesizers = {**(synthesizers or {}), cfg.synth.backend: synthesizer}
         self._owner, self._clock, self._on_synthesized = owner, clock, on_synthesized
+        self._notify: Notify = notify or (lambda _event, _uid: None)
         self._pending = PendingWrite()
-        fallback = None if synthesizer.identity.backend == INTERPOLATION else build_synthesizer(
-            SynthConfig(backend=INTERPOLATION, factor=synthesizer.factor))
-        self._gate = QualityGate(cfg.self_check, synthesizer=synthesizer, fallback=fallback)
+        self._gates = {name: _gate(cfg, s) for name, s in self._synthesizers.items()}
 
     def step(self) -> float | None:
         self._pending.run()
@@ -115,49 +162,96 @@ class SynthesisStage:
         if isinstance(outcome, Rejection):
             rejection = outcome
             self._pending.run(lambda: self._reject(claim, rejection))
+        elif isinstance(outcome, Settled):
+            settled = outcome
+            self._pending.run(lambda: self._settle(claim, settled))
         else:
             derived, seconds = outcome, time.monotonic() - started
             self._pending.run(lambda: self._record(claim, derived, seconds))
 
-    def _derive(self, claim: SeriesClaim, started: float) -> Derived | Rejection:
+    def _derive(self, claim: SeriesClaim, started: float) -> Derived | Settled | Rejection:
         uid = claim.series_uid
+        facts: SeriesFacts | None = None
         try:
             if self._ledger.is_derived_series(uid):
                 raise InvalidSeriesError(uid, OWN_OUTPUT, "this series was derived by this node")
             files = self._held_files(uid)
             self._check_room(uid, files)
-            volume, source = assemble(read_headers(files, uid), uid, self._cfg.series)
+            datasets = read_headers(files, uid)
+            facts = series_facts(datasets[0]) if datasets else None
+            volume, source = assemble(datasets, uid, self._cfg.series)
+            facts = series_facts(source.header)
+            decision = self._decide(claim, source.header, facts)
+            if isinstance(decision, Settled):
+                return decision
+            synthesizer, gate = self._synthesizers[decision.backend], self._gates[decision.backend]
             synth_started = time.monotonic()
-            checked = self._gate.synthesize(volume, series_uid=uid, progress=_log_progress)
+            checked = gate.synthesize(volume, series_uid=uid, progress=_log_progress)
+            decision = dataclasses.replace(decision, backend=checked.identity.backend)   # what made it (fallback: BIS)
             synth_s = time.monotonic() - synth_started
             derived = write_derived_series(checked.volume, source, identity=checked.identity,
-                                           factor=self._synthesizer.factor, spool=self._spool,
+                                           factor=synthesizer.factor, spool=self._spool,
                                            uid_root=self._cfg.node.identity.uid_root,
                                            series_number_offset=self._cfg.series.series_number_offset,
                                            notes=checked.notes)
         except SynthesisRefusedError as exc:
             self._metrics.series.labels("rejected").inc()
-            return Rejection(exc.reason, str(exc))
+            return Rejection(exc.reason, str(exc), facts)
         except QualityCheckError as exc:
             self._metrics.series.labels("rejected").inc()
             self._metrics.observe_checks(exc.checks, "rejected")
-            return Rejection(exc.reason, exc.detail[:DETAIL_MAX], exc.checks)
+            return Rejection(exc.reason, exc.detail[:DETAIL_MAX], facts, exc.checks)
         except InvalidSeriesError as exc:
             self._metrics.series.labels("rejected").inc()
             if claim.refused and exc.reason in INCOMPLETE_LOOKS:
                 return Rejection(INCOMPLETE_SERIES, f"{claim.refused} instance(s) were refused for lack of disk "
-                                 f"space (0xA700) and not sent again within series.refused_wait_s; {exc.detail}")
-            return Rejection(exc.reason, exc.detail)
+                                 f"space (0xA700) and not sent again within series.refused_wait_s; {exc.detail}",
+                                 facts)
+            return Rejection(exc.reason, exc.detail, facts)
         outcome: Literal["passed", "fallback"] = "fallback" if checked.fallback_reason else "passed"
         self._metrics.synth_seconds.observe(synth_s)
         self._metrics.series.labels("derived").inc()
         self._metrics.observe_checks(checked.checks, outcome)
         if checked.fallback_reason:
             logger.warning("series %s: %s", uid, checked.fallback_reason)
-        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s; %s; %.1f s in all)", uid,
-                    volume.shape[0], volume.spacing_mm[0], derived.count, checked.volume.spacing_mm[0], synth_s,
-                    checked.identity.backend, checked.check.summary(), time.monotonic() - started)
-        return Derived(derived, checked.checks, outcome)
+        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s%s; %s; %.1f s in all)",
+                    uid, volume.shape[0], volume.spacing_mm[0], derived.count, checked.volume.spacing_mm[0], synth_s,
+                    checked.identity.backend, f", rule {decision.rule}" if decision.rule else "",
+                    checked.check.summary(), time.monotonic() - started)
+        return Derived(derived, facts, decision, checked.checks, outcome)
+
+    def _decide(self, claim: SeriesClaim, header: Dataset, facts: SeriesFacts) -> RouteChoice | Settled:
+        """The rule that routes the series (or `no_rule`), then skip_if_thin (or `thin_series_exists`)."""
+        if not self._cfg.rules:
+            choice = RouteChoice("", tuple(self._cfg.destination_names()), self._cfg.synth.backend)
+        else:
+            routing = route(self._cfg.rules, header, claim.calling_ae)
+            if routing.rule is None:
+                self._metrics.series.labels(NO_RULE).inc()
+                return Settled(SeriesState.NO_RULE, f"no rule holds: {routing.no_rule_detail()}"[:DETAIL_MAX],
+                               facts, None)
+            choice = RouteChoice(routing.rule.name, routing.rule.destinations,
+                                 routing.rule.backend or self._cfg.synth.backend)
+        skip = self._cfg.series.skip_if_thin
+        if skip is None or header.get("Modality") != "CT":
+            return choice
+        dest = next(d for d in self._cfg.destinations if d.name == skip.destination)
+        answer = find_thin_series(dest, calling_ae=self._cfg.node.identity.ae_title, study_uid=claim.study_uid,
+                                  max_thickness_mm=skip.max_thickness_mm, timeout_s=skip.timeout_s,
+                                  is_ours=lambda uid: uid == claim.series_uid or self._ledger.is_derived_series(uid))
+        if answer.error:
+            logger.warning("series %s: skip_if_thin: no answer from %s (%s); processing it", claim.series_uid,
+                           skip.destination, answer.error)
+            return choice
+        if not answer.thin_series_uid:
+            logger.info("series %s: skip_if_thin: %s holds no thin CT series of the study (%d series seen)",
+                        claim.series_uid, skip.destination, answer.series_seen)
+            return choice
+        self._metrics.series.labels(THIN_SERIES_EXISTS).inc()
+        return Settled(SeriesState.THIN_SERIES_EXISTS,
+                       f"{skip.destination} holds CT series {answer.thin_series_uid} of this study at "
+                       f"{answer.thickness_mm:g} mm (series.skip_if_thin.max_thickness_mm = {skip.max_thickness_mm:g})",
+                       facts, choice)
 
     def _held_files(self, uid: str) -> list[Path]:
         """The spool's files of a series, checked against what the ledger recorded (count and size)."""
@@ -193,14 +287,33 @@ class SynthesisStage:
     def _reject(self, claim: SeriesClaim, rejection: Rejection) -> None:
         self._spool.reject(claim.series_uid, rejection.reason, rejection.detail)
         self._ledger.reject_series(claim, self._owner, rejection.reason, rejection.detail, self._clock(),
-                                   checks=rejection.checks)
+                                   facts=rejection.facts, checks=rejection.checks)
         logger.error("series %s rejected (%s): %s", claim.series_uid, rejection.reason, rejection.detail)
+        self._notify("rejected", claim.series_uid)
+
+    def _settle(self, claim: SeriesClaim, settled: Settled) -> None:
+        """no_rule / thin_series_exists: the files stay where they are (retention removes them)."""
+        if self._ledger.series_settled(claim, owner=self._owner, state=settled.state, reason=str(settled.state),
+                                       detail=settled.detail, now=self._clock(), facts=settled.facts,
+                                       route=settled.route):
+            logger.warning("series %s: %s: %s", claim.series_uid, settled.state, settled.detail)
+            self._notify(str(settled.state), claim.series_uid)
 
     def _record(self, claim: SeriesClaim, derived: Derived, seconds: float) -> None:
-        self._ledger.series_synthesized(claim, self._owner, derived.series.series_uid, derived.series.count,
-                                        self._cfg.destination_names(), seconds, self._clock(),
-                                        checks=derived.checks)
+        settled = self._ledger.series_synthesized(
+            claim, owner=self._owner, derived_series_uid=derived.series.series_uid, derived_count=derived.series.count,
+            destinations=list(derived.route.destinations), synth_seconds=seconds, now=self._clock(),
+            facts=derived.facts, route=derived.route, checks=derived.checks)
         self._on_synthesized()
+        if settled is not None:
+            self._notify(settled, claim.series_uid)
+
+
+def _gate(cfg: NodeConfig, synthesizer: Synthesizer) -> QualityGate:
+    """The self-check around one backend; interpolation (same factor) is its fallback, unless it is one."""
+    fallback = None if synthesizer.identity.backend == INTERPOLATION else build_synthesizer(
+        SynthConfig(backend=INTERPOLATION, factor=synthesizer.factor))
+    return QualityGate(cfg.self_check, synthesizer=synthesizer, fallback=fallback)
 
 
 def _log_progress(done: int, total: int) -> None:

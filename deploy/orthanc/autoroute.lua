@@ -13,6 +13,11 @@ local MIN_THICKNESS_MM = 4.0               -- thinner series need no synthesis
 local MAX_THICKNESS_MM = 6.0               -- the model is trained for 5 mm
 local CHEST = { 'CHEST', 'THORAX', 'LUNG', 'CHEST_ABDOMEN', 'CHESTABDOMEN', 'THORAX_ABDOMEN' }
 local MIN_INSTANCES = 2
+-- With routing rules in the node ([[rules]], deploy/README.md "Routing rules in the node"), set this to
+-- true: Orthanc then sends every CT series that is not the node's own output, and the node's rules
+-- (try them with `dicom-node route`) decide the rest. A series no rule takes is kept there as no_rule,
+-- listed and counted, instead of being filtered here where only Orthanc's log says why.
+local NODE_DECIDES = false
 
 local function has_word(text, words)
   local upper = string.upper(text or '')
@@ -39,6 +44,7 @@ function SynthNodeRouteDecision(series_tags, instance_tags, instance_count, remo
   if series_tags['Modality'] ~= 'CT' then return 'not CT' end
   if instance_tags['SOPClassUID'] ~= CT_IMAGE_STORAGE then return 'not CT Image Storage' end
   if own_output(instance_tags, remote_aet) then return 'derived (our own output or another MPR)' end
+  if NODE_DECIDES then return nil end         -- the node's [[rules]] take it from here
   local thickness = tonumber(instance_tags['SliceThickness'] or '')
   if thickness == nil or thickness < MIN_THICKNESS_MM or thickness > MAX_THICKNESS_MM then
     return 'slice thickness ' .. tostring(instance_tags['SliceThickness']) .. ' mm is out of range'

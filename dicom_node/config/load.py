@@ -11,16 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dicom_node.config.destinations import DestinationSection, FolderDestinationSection
+from dicom_node.config.destinations import (
+    Destination,
+    DestinationSection,
+    DicomwebDestinationSection,
+    FolderDestinationSection,
+)
 from dicom_node.config.node import NodeSection
+from dicom_node.config.rules import RuleSection, parse_rules
 from dicom_node.config.sections import (
     DatabaseSection,
     RetentionSection,
     SelfCheckSection,
     SendSection,
     SeriesSection,
+    SkipIfThinSection,
     WebSection,
 )
+from dicom_node.config.webhooks import WebhookSection
 from dicom_node.errors import ConfigError
 from synth.config import SynthConfig
 
@@ -41,6 +49,9 @@ class NodeConfig:
     web: WebSection = field(default_factory=WebSection)
     destinations: tuple[DestinationSection, ...] = ()
     folder_destinations: tuple[FolderDestinationSection, ...] = ()
+    dicomweb_destinations: tuple[DicomwebDestinationSection, ...] = ()
+    rules: tuple[RuleSection, ...] = ()       # empty: every series goes to every destination
+    webhooks: tuple[WebhookSection, ...] = ()
     source: str = ""                  # the file it came from, for messages
 
     @property
@@ -51,12 +62,20 @@ class NodeConfig:
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.storage_dir / 'state.db'}"
 
-    def all_destinations(self) -> list[DestinationSection | FolderDestinationSection]:
-        """Every configured destination, of every kind, in config order by kind."""
-        return [*self.destinations, *self.folder_destinations]
+    def all_destinations(self) -> list[Destination]:
+        """Every configured destination, of every kind, in config order by kind (names are unique across kinds)."""
+        return [*self.destinations, *self.folder_destinations, *self.dicomweb_destinations]
 
     def destination_names(self) -> list[str]:
         return [d.name for d in self.all_destinations()]
+
+    def backends(self) -> list[str]:
+        """Every synthesis backend the node may use: [synth] backend first, then the rules' own."""
+        names = [self.synth.backend]
+        for rule in self.rules:
+            if rule.backend and rule.backend not in names:
+                names.append(rule.backend)
+        return names
 
 
 T = TypeVar("T")
@@ -131,7 +150,7 @@ def _resolve_opt(base: Path, path: str) -> str:
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
     known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
-             "folder_destinations"}
+             "folder_destinations", "dicomweb_destinations", "rules", "webhooks"}
     if unknown := sorted(raw.keys() - known):
         raise ConfigError(f"{source}: unknown section(s) {unknown}")
     base = base_dir or Path.cwd()
@@ -143,7 +162,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
     dests_raw = raw.get("destinations", [])
     folders_raw = raw.get("folder_destinations", [])
-    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
+    web_raw = raw.get("dicomweb_destinations", [])
+    for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw),
+                       ("dicomweb_destinations", web_raw)):
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]])")
     dests = tuple(
@@ -158,12 +179,19 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
             for i, d in enumerate(folders_raw)
         )
     )
-    names = [d.name for d in dests] + [f.name for f in folders]
+    webs = tuple(
+        dataclasses.replace(w, ca_file=_resolve_opt(base, w.ca_file))
+        for w in (
+            _section(DicomwebDestinationSection, d, f"{source}: dicomweb_destinations[{i}]")
+            for i, d in enumerate(web_raw)
+        )
+    )
+    names = [d.name for d in dests] + [f.name for f in folders] + [w.name for w in webs]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
     cfg = NodeConfig(
         node=node,
-        series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
+        series=_series_section(raw.get("series", {}), f"{source}: series"),
         synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
         self_check=_section(SelfCheckSection, check_raw, f"{source}: synth"),
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
@@ -172,8 +200,13 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         web=_section(WebSection, raw.get("web", {}), f"{source}: web"),
         destinations=dests,
         folder_destinations=folders,
+        dicomweb_destinations=webs,
+        webhooks=_webhooks(raw.get("webhooks", []), source, base),
         source=source,
     )
+    # Rules and skip_if_thin name destinations: looked up through all_destinations(), so every kind joins.
+    cfg = dataclasses.replace(cfg, rules=parse_rules(raw.get("rules", []), source, cfg.destination_names()))
+    _check_skip_if_thin(cfg)
     listen = node.listen
     if not listen.is_loopback and not listen.allowed_callers and not listen.allow_any_caller:
         raise ConfigError(
@@ -181,6 +214,38 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
             "list the calling AE titles, or set node.allow_any_caller = true explicitly"
         )
     return cfg
+
+
+def _series_section(raw: Any, where: str) -> SeriesSection:
+    if not isinstance(raw, dict) or "skip_if_thin" not in raw:
+        return _section(SeriesSection, raw, where)
+    rest = {k: v for k, v in raw.items() if k != "skip_if_thin"}
+    skip = _section(SkipIfThinSection, raw["skip_if_thin"], f"{where}.skip_if_thin")
+    return dataclasses.replace(_section(SeriesSection, rest, where), skip_if_thin=skip)
+
+
+def _check_skip_if_thin(cfg: NodeConfig) -> None:
+    skip = cfg.series.skip_if_thin
+    if skip is None or any(d.name == skip.destination for d in cfg.destinations):
+        return
+    kind = "is not a DICOM ([[destinations]]) destination" if skip.destination in cfg.destination_names() \
+        else "is not a configured destination"
+    raise ConfigError(f"{cfg.source}: series.skip_if_thin.destination: {skip.destination!r} {kind}; C-FIND needs "
+                      f"one of {[d.name for d in cfg.destinations]}")
+
+
+def _webhooks(raw: Any, source: str, base: Path) -> tuple[WebhookSection, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: webhooks must be an array of tables ([[webhooks]])")
+    hooks = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict) and item.get("ca_file"):
+            item = {**item, "ca_file": _resolve(base, str(item["ca_file"]))}
+        hooks.append(_section(WebhookSection, item, f"{source}: webhooks[{i}]"))
+    labels = [h.label for h in hooks]
+    if dupes := sorted({n for n in labels if labels.count(n) > 1}):
+        raise ConfigError(f"{source}: webhooks: two webhooks share the name {dupes}; give each a webhooks.name")
+    return tuple(hooks)
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -202,6 +267,7 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
     out.pop("source")
     out["node"] = cfg.node.flat()             # as the [node] table is written, not its parts
     out["synth"].update(out.pop("self_check"))  # as the [synth] table is written
+    out["rules"] = [rule.as_toml() for rule in cfg.rules]
     redacted: dict[str, Any] = _redact(out)
     return redacted
 

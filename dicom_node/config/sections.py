@@ -1,4 +1,5 @@
-"""The other tables: [series], [send], [retention], [database], [web], and the node's part of [synth]."""
+"""The other tables: [series] (with skip_if_thin), [send], [retention], [database], [web], and the node's part
+of [synth] (the self-check policy)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ from dicom_node.config.checks import (
 
 
 @dataclass(frozen=True, slots=True)
+class SkipIfThinSection:
+    """[series] skip_if_thin: before synthesis, ask a DIMSE destination (C-FIND, SERIES level) whether the
+    study already has a thin CT series; if it does, the series ends as `thin_series_exists`."""
+
+    destination: str                 # a [[destinations]] name (C-FIND goes where C-STORE goes)
+    max_thickness_mm: float = 1.5    # a CT series with SliceThickness at or below this is "thin"
+    timeout_s: float = 10.0          # association and answer; a PACS that does not answer in time: go on
+
+    def __post_init__(self) -> None:
+        check_positive_upto("series.skip_if_thin.max_thickness_mm", self.max_thickness_mm, 100.0, "100 mm")
+        check_positive_upto("series.skip_if_thin.timeout_s", self.timeout_s, 120.0, "two minutes")
+
+
+@dataclass(frozen=True, slots=True)
 class SeriesSection:
     quiet_period_s: float = 10.0
     min_spacing_mm: float = 4.0
@@ -27,6 +42,7 @@ class SeriesSection:
     max_slices: int = 2000
     series_number_offset: int = 1000
     refused_wait_s: float = 3600.0    # how long a series waits for instances refused with 0xA700 to come again
+    skip_if_thin: SkipIfThinSection | None = None   # parsed by config.load (an inline table)
 
     def __post_init__(self) -> None:
         check_positive_upto("series.quiet_period_s", self.quiet_period_s, MAX_PERIOD_S, "one day")

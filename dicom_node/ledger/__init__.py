@@ -26,8 +26,9 @@ from dicom_node.ledger.db import (
     upgrade_schema,
 )
 from dicom_node.ledger.intake import Intake
-from dicom_node.ledger.jobs import Jobs
+from dicom_node.ledger.jobs import Jobs, SendOutcome
 from dicom_node.ledger.schema import (
+    RETAINED,
     TERMINAL,
     BackoffPolicy,
     Base,
@@ -35,20 +36,22 @@ from dicom_node.ledger.schema import (
     JobState,
     RecordOutcome,
     RefusedRow,
+    RouteChoice,
     SelfCheckRecord,
     SelfCheckRow,
     SendClaim,
     SendJobRow,
     SeriesClaim,
+    SeriesFacts,
     SeriesRow,
     SeriesState,
 )
 
 __all__ = [
-    "TERMINAL", "BackoffPolicy", "Base", "InstanceRow", "JobState", "Ledger", "LedgerSchemaError",
-    "RecordOutcome", "RefusedRow", "SelfCheckRecord", "SelfCheckRow", "SendClaim", "SendJobRow", "SeriesClaim",
-    "SeriesRow", "SeriesState",
-    "check_schema", "head_revision", "open_engine", "open_ledger", "schema_revision", "upgrade_schema",
+    "RETAINED", "TERMINAL", "BackoffPolicy", "Base", "InstanceRow", "JobState", "Ledger", "LedgerSchemaError",
+    "RecordOutcome", "RefusedRow", "RouteChoice", "SelfCheckRecord", "SelfCheckRow", "SendClaim", "SendJobRow",
+    "SendOutcome", "SeriesClaim", "SeriesFacts", "SeriesRow", "SeriesState", "check_schema", "head_revision",
+    "open_engine", "open_ledger", "schema_revision", "upgrade_schema",
 ]
 
 

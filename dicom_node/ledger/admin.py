@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 
 from dicom_node.ledger.base import LedgerBase
 from dicom_node.ledger.schema import (
+    RETAINED,
     InstanceRow,
     JobState,
     RefusedRow,
@@ -20,10 +21,11 @@ from dicom_node.ledger.schema import (
     SeriesState,
 )
 
+REPROCESSED = frozenset({SeriesState.REJECTED, SeriesState.NO_RULE, SeriesState.THIN_SERIES_EXISTS})
 ACTION_STATES: dict[str, frozenset[str]] = {
-    "retry": frozenset({SeriesState.FAILED, SeriesState.REJECTED}),
+    "retry": frozenset({SeriesState.FAILED, *REPROCESSED}),
     "resend": frozenset({SeriesState.DONE, SeriesState.FAILED}),
-    "discard": frozenset({SeriesState.DONE, SeriesState.FAILED, SeriesState.REJECTED}),
+    "discard": frozenset({SeriesState.DONE, SeriesState.FAILED, *REPROCESSED}),
 }
 
 
@@ -35,7 +37,8 @@ def _refuse(series_uid: str, state: str, action: str, done: str) -> ValueError:
 
 class Admin(LedgerBase):
     def retry(self, series_uid: str, now: float) -> str:
-        """Re-queue failed sends of a series, or re-process a rejected series. Returns what was done."""
+        """Re-queue failed sends of a series, or re-process a rejected, no_rule or thin_series_exists
+        series (the rules and the thin-series check run again). Returns what was done."""
         with self._tx() as s:
             row = s.get(SeriesRow, series_uid)
             if row is None:
@@ -47,16 +50,17 @@ class Admin(LedgerBase):
                     job.state, job.attempts, job.next_attempt_at, job.updated_at = JobState.PENDING, 0, now, now
                 row.state, row.reason, row.detail, row.updated_at = SeriesState.SENDING, "", "", now
                 return f"re-queued {len(jobs)} failed send(s)"
-            if row.state == SeriesState.REJECTED:
+            if row.state in REPROCESSED:
                 row.state, row.reason, row.detail, row.updated_at = SeriesState.COMPLETE, "", "", now
                 return "queued for processing again"
             raise _refuse(series_uid, row.state, "retry", "retried")
 
     def purge_done(self, finished_before: float) -> list[tuple[str, str]]:
-        """Forget `done` series finished before the cutoff; returns (source, derived) UIDs to delete."""
+        """Forget finished series (done, no_rule, thin_series_exists) finished before the cutoff; returns
+        (source, derived) UIDs to delete."""
         with self._tx() as s:
             rows = list(s.execute(select(SeriesRow.series_uid, SeriesRow.derived_series_uid).where(
-                SeriesRow.state == SeriesState.DONE, SeriesRow.updated_at < finished_before)))
+                SeriesRow.state.in_(RETAINED), SeriesRow.updated_at < finished_before)))
             uids = [r[0] for r in rows]
             if uids:
                 s.execute(delete(SendJobRow).where(SendJobRow.series_uid.in_(uids)))

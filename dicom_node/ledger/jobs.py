@@ -6,8 +6,10 @@ is not renewed (the worker died) expires and the job goes back to the queue.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -19,16 +21,34 @@ from dicom_node.ledger.schema import (
     BackoffPolicy,
     JobState,
     RefusedRow,
+    RouteChoice,
     SelfCheckRecord,
     SelfCheckRow,
     SendClaim,
     SendJobRow,
     SeriesClaim,
+    SeriesFacts,
     SeriesRow,
     SeriesState,
 )
 
 logger = logging.getLogger(__name__)
+SETTLED_WITHOUT_OUTPUT = (SeriesState.NO_RULE, SeriesState.THIN_SERIES_EXISTS)
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    job_state: JobState
+    series_state: str | None         # the series' new state when this attempt finished it (done, failed)
+
+
+def _note(row: SeriesRow, facts: SeriesFacts | None, route: RouteChoice | None) -> None:
+    if facts is not None:
+        row.series_description, row.convolution_kernel = facts.description[:64], facts.kernel[:64]
+        row.slice_thickness_mm = facts.thickness_mm
+    if route is not None:
+        row.rule, row.backend = route.rule, route.backend
+        row.destinations = json.dumps(list(route.destinations))
 
 
 class Jobs(LedgerBase):
@@ -47,7 +67,7 @@ class Jobs(LedgerBase):
                     assert row is not None
                     refused = s.scalar(select(func.count()).select_from(RefusedRow)
                                        .where(RefusedRow.series_uid == uid)) or 0
-                    return SeriesClaim(uid, row.study_uid, row.generation, int(refused))
+                    return SeriesClaim(uid, row.study_uid, row.generation, int(refused), row.calling_ae)
             return None
 
     def renew_owner(self, owner: str, now: float, lease_s: float) -> int:
@@ -69,12 +89,13 @@ class Jobs(LedgerBase):
             return bool(released.rowcount)  # type: ignore[attr-defined]
 
     def reject_series(self, claim: SeriesClaim, owner: str, reason: str, detail: str, now: float, *,
-                      checks: Sequence[SelfCheckRecord] = ()) -> None:
+                      facts: SeriesFacts | None = None, checks: Sequence[SelfCheckRecord] = ()) -> None:
         with self._tx() as s:
             row = s.get(SeriesRow, claim.series_uid)
             if row is None or row.lease_owner != owner:
                 logger.warning("lost the lease on series %s before rejecting it", claim.series_uid)
                 return
+            _note(row, facts, None)
             _replace_checks(s, claim.series_uid, checks, now)
             row.state, row.reason, row.detail = SeriesState.REJECTED, reason, detail
             row.lease_owner = row.lease_expires_at = None
@@ -82,15 +103,37 @@ class Jobs(LedgerBase):
             row.updated_at = now
             self._reopen_if_changed(row, now)
 
-    def series_synthesized(self, claim: SeriesClaim, owner: str, derived_series_uid: str, derived_count: int,
-                           destinations: list[str], synth_seconds: float, now: float, *,
-                           checks: Sequence[SelfCheckRecord] = ()) -> None:
-        """Record the derived series, its self-checks, and (re)create one pending send job per destination."""
+    def series_settled(self, claim: SeriesClaim, *, owner: str, state: SeriesState, reason: str, detail: str,
+                       now: float, facts: SeriesFacts | None = None, route: RouteChoice | None = None) -> bool:
+        """End a claimed series without output: `no_rule` or `thin_series_exists` (kept with its reason
+        until retention removes it). False when the lease was lost."""
+        if state not in SETTLED_WITHOUT_OUTPUT:
+            raise ValueError(f"series_settled takes {[str(s) for s in SETTLED_WITHOUT_OUTPUT]}, got {state!r}")
+        with self._tx() as s:
+            row = s.get(SeriesRow, claim.series_uid)
+            if row is None or row.lease_owner != owner:
+                logger.warning("lost the lease on series %s before recording it as %s", claim.series_uid, state)
+                return False
+            _note(row, facts, route)
+            row.state, row.reason, row.detail = state, reason, detail
+            row.lease_owner = row.lease_expires_at = None
+            row.processed_generation = claim.generation
+            row.updated_at = now
+            self._reopen_if_changed(row, now)
+            return True
+
+    def series_synthesized(self, claim: SeriesClaim, *, owner: str, derived_series_uid: str, derived_count: int,
+                           destinations: list[str], synth_seconds: float, now: float,
+                           facts: SeriesFacts | None = None, route: RouteChoice | None = None,
+                           checks: Sequence[SelfCheckRecord] = ()) -> str | None:
+        """Record the derived series, its self-checks, and (re)create one pending send job per destination.
+        Returns the series' new state when that already finished it (no destinations: done)."""
         with self._tx() as s:
             row = s.get(SeriesRow, claim.series_uid)
             if row is None or row.lease_owner != owner:
                 logger.warning("lost the lease on series %s before recording its result", claim.series_uid)
-                return
+                return None
+            _note(row, facts, route)
             _replace_checks(s, claim.series_uid, checks, now)
             row.state = SeriesState.SENDING
             row.derived_series_uid, row.derived_count = derived_series_uid, derived_count
@@ -112,7 +155,7 @@ class Jobs(LedgerBase):
                     job.lease_owner = job.lease_expires_at = None
                     job.updated_at = now
             s.flush()
-            self._settle(s, row, now)
+            return self._settle(s, row, now)
 
     def claim_send(self, destination: str, owner: str, now: float, lease_s: float) -> SendClaim | None:
         with self._tx() as s:
@@ -148,21 +191,29 @@ class Jobs(LedgerBase):
                 SendJobRow.destination == destination, SendJobRow.state == JobState.PENDING))
             return value
 
-    def send_finished(self, claim: SendClaim, owner: str, sent: int, status: str, error: str,
-                      ok: bool, policy: BackoffPolicy, now: float) -> JobState:
-        """Record one attempt; a failure is retried with backoff until the attempts run out."""
+    def send_finished(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
+                      ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> JobState:
+        """Record one attempt; a failure is retried with backoff until the attempts run out (or at once
+        kept as failed when `retry` is false: the destination said trying again cannot help)."""
+        return self.record_send(claim, owner=owner, sent=sent, status=status, error=error, ok=ok, policy=policy,
+                                now=now, retry=retry).job_state
+
+    def record_send(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
+                    ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> SendOutcome:
+        """`send_finished`, also saying whether this attempt finished the series (for notifications:
+        exactly one attempt does, in the transaction that settles it)."""
         with self._tx() as s:
             job = s.get(SendJobRow, claim.job_id)
             if job is None or job.lease_owner != owner:
                 logger.warning("lost the lease on send job %s before recording it", claim.job_id)
-                return JobState.PENDING
+                return SendOutcome(JobState.PENDING, None)
             job.attempts += 1
             job.sent, job.last_status, job.last_error = sent, status, error
             job.lease_owner = job.lease_expires_at = None
             job.updated_at = now
             if ok:
                 job.state = JobState.DONE
-            elif job.attempts >= policy.max_attempts:
+            elif not retry or job.attempts >= policy.max_attempts:
                 job.state = JobState.FAILED
             else:
                 job.state = JobState.PENDING
@@ -171,20 +222,22 @@ class Jobs(LedgerBase):
             series = s.get(SeriesRow, job.series_uid)
             assert series is not None
             s.flush()
-            self._settle(s, series, now)
-            return state
+            return SendOutcome(state, self._settle(s, series, now))
 
-    def _settle(self, s: Session, series: SeriesRow, now: float) -> None:
+    def _settle(self, s: Session, series: SeriesRow, now: float) -> str | None:
+        """A sending series whose jobs are all over becomes done or failed; returns that state, if so."""
         states = list(s.scalars(select(SendJobRow.state).where(SendJobRow.series_uid == series.series_uid)))
         if series.state != SeriesState.SENDING or any(
                 st in (JobState.PENDING, JobState.SENDING) for st in states):
-            return
+            return None
         failed = [st for st in states if st == JobState.FAILED]
-        series.state = SeriesState.FAILED if failed else SeriesState.DONE
+        settled = SeriesState.FAILED if failed else SeriesState.DONE
+        series.state = settled
         series.reason = "send_failed" if failed else ""
         series.detail = f"{len(failed)} of {len(states)} destination(s) failed" if failed else ""
         series.updated_at = now
         self._reopen_if_changed(series, now)
+        return str(settled)
 
     @staticmethod
     def _reopen_if_changed(series: SeriesRow, now: float) -> None:

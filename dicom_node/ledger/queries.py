@@ -8,6 +8,7 @@ On PostgreSQL it shares the ledger's engine.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from dicom_node.ledger.schema import (
+    TERMINAL,
     InstanceRow,
     JobState,
     SelfCheckRecord,
@@ -64,7 +66,13 @@ class SeriesView:
     derived_count: int
     synth_seconds: float | None
     sends: tuple[SendView, ...]
-    checks: tuple[SelfCheckRecord, ...] = ()     # the self-checks of its derived volumes, the one used first
+    rule: str = ""                            # the rule that routed it ("" without [[rules]])
+    route_destinations: tuple[str, ...] = ()  # that rule's destinations (where sending goes)
+    backend: str = ""                         # the synthesis backend that made (or was to make) it
+    series_description: str = ""              # of the first instance: not patient data (PS3.15)
+    convolution_kernel: str = ""
+    slice_thickness_mm: float | None = None
+    checks: tuple[SelfCheckRecord, ...] = ()  # the self-checks of its derived volumes, the one used first
 
     @property
     def self_check(self) -> SelfCheckRecord | None:
@@ -78,7 +86,7 @@ class SeriesView:
     @property
     def total_seconds(self) -> float | None:
         """From the first instance received to the last state change, once the series is finished."""
-        if self.state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.REJECTED):
+        if self.state in TERMINAL:
             return self.updated_at - self.first_received_at
         return None
 
@@ -141,8 +149,19 @@ def _series_view(r: SeriesRow, sends: list[SendJobRow], checks: list[SelfCheckRo
         calling_ae=r.calling_ae, instance_count=r.instance_count, duplicate_count=r.duplicate_count,
         first_received_at=r.first_received_at, last_received_at=r.last_received_at, updated_at=r.updated_at,
         deadline_at=r.deadline_at, derived_series_uid=r.derived_series_uid, derived_count=r.derived_count,
-        synth_seconds=r.synth_seconds, sends=tuple(_send_view(j) for j in sends),
+        synth_seconds=r.synth_seconds, sends=tuple(_send_view(j) for j in sends), rule=r.rule,
+        route_destinations=_names(r.destinations), backend=r.backend, series_description=r.series_description,
+        convolution_kernel=r.convolution_kernel, slice_thickness_mm=r.slice_thickness_mm,
         checks=tuple(_check_record(c) for c in sorted(checks, key=lambda c: (not c.used, c.checked_at, c.backend))))
+
+
+def _names(stored: str) -> tuple[str, ...]:
+    """The destinations column: a JSON list of names ("" before any rule chose)."""
+    try:
+        names = json.loads(stored) if stored else []
+    except ValueError:
+        return ()
+    return tuple(str(n) for n in names) if isinstance(names, list) else ()
 
 
 def _attach_sends(s: Session, rows: list[SeriesRow]) -> list[SeriesView]:

@@ -21,6 +21,8 @@ class SeriesState(enum.StrEnum):
     DONE = "done"
     REJECTED = "rejected"            # cannot be processed as received; kept with its reason
     FAILED = "failed"                # processed, but some destination never took it
+    NO_RULE = "no_rule"              # [[rules]] exist and none holds; kept with why, removed by retention
+    THIN_SERIES_EXISTS = "thin_series_exists"   # skip_if_thin: the PACS already holds a thin CT series
 
 
 class JobState(enum.StrEnum):
@@ -30,7 +32,9 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-TERMINAL = (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED)
+TERMINAL = (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED, SeriesState.NO_RULE,
+            SeriesState.THIN_SERIES_EXISTS)
+RETAINED = (SeriesState.DONE, SeriesState.NO_RULE, SeriesState.THIN_SERIES_EXISTS)   # removed by retention
 
 
 class Base(DeclarativeBase):
@@ -41,7 +45,7 @@ class SeriesRow(Base):
     __tablename__ = "series"
     series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(32), index=True)
     reason: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -58,6 +62,15 @@ class SeriesRow(Base):
     synth_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     updated_at: Mapped[float] = mapped_column(Float)
+    # What the rules decided (0004): the winning rule ("" without [[rules]]), its destinations as a JSON
+    # list (sending goes only there) and the backend that made (or will make) the derived series.
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    destinations: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(String(32), default="")
+    # From the series' first instance, for people (0004): not patient data by DICOM's definition.
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    convolution_kernel: Mapped[str] = mapped_column(String(64), default="")
+    slice_thickness_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class InstanceRow(Base):
@@ -143,6 +156,7 @@ class SeriesClaim:
     study_uid: str
     generation: int
     refused: int = 0          # instances refused (0xA700) and never sent again, after the wait ran out
+    calling_ae: str = ""      # of the association that brought the series' first instance (for rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +166,24 @@ class SendClaim:
     destination: str
     derived_series_uid: str
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFacts:
+    """What people see of a series beside its UIDs, read from its first instance."""
+
+    description: str = ""
+    kernel: str = ""
+    thickness_mm: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """What the rules chose for a series: recorded with its outcome, kept across restarts."""
+
+    rule: str                        # "" when no [[rules]] are configured
+    destinations: tuple[str, ...]
+    backend: str
 
 
 @dataclass(frozen=True, slots=True)

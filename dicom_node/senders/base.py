@@ -1,7 +1,8 @@
 """What every destination kind shares: the Sender interface and the reports it gives back.
 
 A sender delivers a derived series' files to one configured destination and says how it went; the
-send stage records that in the ledger (retry with backoff, then `failed`). A sender never raises for
+send stage records that in the ledger (retry with backoff, then `failed`; at once when the report
+says a retry cannot help). A sender never raises for
 a peer's failure: it reports it. It may raise a transient error of our own side (our disk full) so
 the stage backs off without spending an attempt.
 """
@@ -22,6 +23,7 @@ class SendReport:
     status: str            # "ok", or the last failure, e.g. "0xA700", "association-rejected"
     error: str             # human-readable detail of the last failure ("" when ok)
     failed_sop_uids: tuple[str, ...] = ()
+    retry: bool = True     # False: trying again cannot help (refused credentials, a 4xx): kept as failed now
 
     @property
     def ok(self) -> bool:

@@ -2,6 +2,10 @@
 
 Every C-STORE response status is checked (pynetdicom's own storescu does not); a report says how
 many instances were taken and what the last failure was, so the ledger can retry with backoff.
+
+With a compressed `transfer_syntax`, CT Image Storage is proposed twice: in a presentation context
+with only that syntax, and in one with Explicit/Implicit VR Little Endian. When the peer rejects the
+first, the instances go uncompressed over the second.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from dicom_node.config import DestinationSection
+from dicom_node.encoding import UNCOMPRESSED, encoded_dataset, syntax_uid
 from dicom_node.netutil import VERIFICATION, client_tls_args, set_nodelay
 from dicom_node.senders.base import CheckResult, SenderContext, SendReport
 from dicom_node.senders.registry import sender_for
@@ -26,8 +31,10 @@ STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 ECHO_TIMEOUT_S = 10.0
 
 
-def _scu_ae(calling_ae: str, timeout_s: float) -> AE:
+def _scu_ae(calling_ae: str, timeout_s: float, transfer_syntax: str = UNCOMPRESSED) -> AE:
     ae = AE(ae_title=calling_ae)
+    if transfer_syntax != UNCOMPRESSED:
+        ae.add_requested_context(CTImageStorage, [syntax_uid(transfer_syntax)])
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.add_requested_context(VERIFICATION)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -56,7 +63,7 @@ def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, tim
     drop one about once in 5,000 stores) is opened again, up to `reconnects` times, and the series
     goes on from the instance whose status is unknown, so one hiccup does not cost a whole backoff.
     """
-    ae = _scu_ae(calling_ae, timeout_s)
+    ae = _scu_ae(calling_ae, timeout_s, dest.transfer_syntax)
     pending = list(files)
     sent, failed, last_status, last_error = 0, [], "ok", ""
     for association in range(reconnects + 1):
@@ -69,9 +76,10 @@ def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, tim
             break
         if association:
             logger.warning("%s: association opened again to go on with %d instance(s)", dest.name, len(pending))
+        syntax = _negotiated_syntax(assoc, dest)
         try:
             while pending and assoc.is_established:
-                ds = pydicom.dcmread(pending[0])
+                ds = encoded_dataset(pending[0], syntax)
                 sop_uid = str(ds.SOPInstanceUID)
                 response = assoc.send_c_store(ds)
                 code = int(response.Status) if "Status" in response else None
@@ -98,6 +106,19 @@ def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, tim
     return SendReport(dest.name, len(files), sent, last_status, last_error, tuple(failed))
 
 
+def _negotiated_syntax(assoc: Association, dest: DestinationSection) -> str:
+    """`dest.transfer_syntax` when the peer accepted its presentation context, else uncompressed."""
+    wanted = dest.transfer_syntax
+    if wanted == UNCOMPRESSED:
+        return wanted
+    uid = syntax_uid(wanted)
+    if any(cx.abstract_syntax == CTImageStorage and cx.transfer_syntax[0] == uid for cx in assoc.accepted_contexts):
+        return wanted
+    logger.warning("%s: %s refused %s (presentation context rejected); sending uncompressed", dest.name,
+                   dest.ae_title, wanted)
+    return UNCOMPRESSED
+
+
 class DicomSender:
     kind = "dicom"
 
@@ -106,7 +127,9 @@ class DicomSender:
 
     def describe(self) -> str:
         d = self.dest
-        return f"{d.ae_title}@{d.host}:{d.port}" + (" (TLS)" if d.tls else "")
+        syntax = "" if d.transfer_syntax == UNCOMPRESSED else d.transfer_syntax
+        extras = [x for x in ("TLS" if d.tls else "", syntax) if x]
+        return f"{d.ae_title}@{d.host}:{d.port}" + (f" ({', '.join(extras)})" if extras else "")
 
     def deliver(self, files: Sequence[Path], *, derived_series_uid: str) -> SendReport:
         return send_dicom(list(files), self.dest, self._ctx.calling_ae, self._ctx.timeout_s)

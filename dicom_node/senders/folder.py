@@ -1,4 +1,5 @@
-"""Folder destinations: copy the derived files into `<path>/<derived series uid>/`, each atomically."""
+"""Folder destinations: the derived files into `<path>/<derived series uid>/`, each atomically, encoded
+in the folder's `transfer_syntax` (a plain copy for explicit-le)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_node.config import FolderDestinationSection
+from dicom_node.encoding import UNCOMPRESSED, encoded_bytes
 from dicom_node.senders.base import CheckResult, SenderContext, SendReport
 from dicom_node.senders.registry import sender_for
 from dicom_node.spool import atomic_write
@@ -20,14 +22,15 @@ class FolderSender:
         self.dest, self.name = dest, dest.name
 
     def describe(self) -> str:
-        return self.dest.path
+        syntax = self.dest.transfer_syntax
+        return self.dest.path + ("" if syntax == UNCOMPRESSED else f" ({syntax})")
 
     def deliver(self, files: Sequence[Path], *, derived_series_uid: str) -> SendReport:
         target = Path(self.dest.path) / derived_series_uid
         try:
             target.mkdir(parents=True, exist_ok=True)
             for path in files:
-                atomic_write(target / path.name, path.read_bytes())
+                atomic_write(target / path.name, encoded_bytes(path, self.dest.transfer_syntax))
         except OSError as exc:
             if exc.errno in TRANSIENT_ERRNOS:      # the folder's disk is full: no attempt, the stage waits
                 raise

@@ -10,7 +10,7 @@ from typing import Any
 
 import dicom_node
 from dicom_node.config import WebSection
-from dicom_node.ledger.queries import MAX_LIMIT, MAX_OFFSET
+from dicom_node.ledger.queries import MAX_LIMIT, MAX_OFFSET, SERIES_STATES
 
 _UID = {"type": "string", "pattern": r"^[0-9.]{1,64}$", "description": "a DICOM UID"}
 _TIME = {"type": "number", "description": "seconds since the Unix epoch"}
@@ -111,8 +111,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "series_uid": _UID,
             "study_uid": _UID,
-            "state": {"type": "string",
-                      "enum": ["receiving", "complete", "synthesizing", "sending", "done", "rejected", "failed"]},
+            "state": {"type": "string", "enum": list(SERIES_STATES)},
             "reason": {"type": "string", "description": "machine-readable rejection or failure reason"},
             "detail": {"type": "string"},
             "calling_ae": {"type": "string"},
@@ -129,6 +128,13 @@ SCHEMAS: dict[str, Any] = {
             "total_seconds": _NSECONDS,
             "sends": {"type": "array", "items": _ref("Send")},
             "checks": {"type": "array", "items": _ref("SelfCheck"), "description": "self-checks, the one sent first"},
+            "rule": {"type": "string", "description": "the [[rules]] entry that routed it (empty without rules)"},
+            "route_destinations": {"type": "array", "items": {"type": "string"},
+                                   "description": "the destinations the rule chose (sending goes only there)"},
+            "backend": {"type": "string", "description": "the synthesis backend that made the derived series"},
+            "series_description": {"type": "string", "description": "SeriesDescription of the first instance"},
+            "convolution_kernel": {"type": "string", "description": "ConvolutionKernel of the first instance"},
+            "slice_thickness_mm": {"type": ["number", "null"], "description": "SliceThickness of the first instance"},
             "previews": {"type": "object", "description": "PNG URLs, present on the single-series endpoint",
                          "additionalProperties": {"type": "string"}},
             "header": {"type": ["object", "null"], "description": "non-identifying DICOM attributes"},
@@ -144,7 +150,7 @@ SCHEMAS: dict[str, Any] = {
     "Destination": {
         "type": "object", "required": ["name", "kind", "target", "counts", "active", "failed"],
         "properties": {
-            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["dicom", "folder"]},
+            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["dicom", "folder", "dicomweb"]},
             "target": {"type": "string"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "active": {"type": "array", "items": _ref("Send"), "description": "pending and sending jobs"},
@@ -226,8 +232,9 @@ PATHS: dict[str, Any] = {
         "Discard", "Remove a done, failed or rejected series from the ledger, with its received and derived files.")},
     "/api/destinations/{name}/check": {"post": {
         "summary": "Check a destination",
-        "description": "C-ECHO a DICOM destination (with the node's AE title), or check that a folder "
-                       "destination is writable. Changes nothing.",
+        "description": "C-ECHO a DICOM destination (with the node's AE title), check that a folder "
+                       "destination is writable, or send an empty STOW-RS request (no instance) to a "
+                       "DICOMweb destination. Changes nothing.",
         "tags": ["actions"], "security": _SECURED,
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _json(_ref("CheckResult"), "checked (see ok)"),

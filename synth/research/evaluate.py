@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from synth.research.metrics import data_consistency_psnr, psnr, ssim
 from synth.research.nodules import Candidate, Sensitivity, detect_blobs, sensitivity_at_fp
-from synth.research.phantom import Nodule
+from synth.research.phantom_spec import Nodule
 from synth.seam import Synthesizer
 from synth.volume import CTVolume
 

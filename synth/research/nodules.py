@@ -20,7 +20,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from synth.research.metrics import to_unit
-from synth.research.phantom import Nodule
+from synth.research.phantom_spec import Nodule
 from synth.volume import CTVolume
 
 SIGMAS_MM = (1.5, 2.5, 3.5)            # blob radius ≈ sigma·√3: 2.6-6 mm, i.e. 3-12 mm nodules

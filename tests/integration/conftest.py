@@ -114,8 +114,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
         if pacs is not None or pacs_port is not None:
             raw["destinations"] = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
                                     "port": pacs.port if pacs is not None else pacs_port}]
-        for key, value in (extra or {}).items():
-            raw[key] = {**raw.get(key, {}), **value}
+        for key, value in (extra or {}).items():     # a table is merged; an array of tables ([[rules]]) is set
+            raw[key] = value if isinstance(value, list) else {**raw.get(key, {}), **value}
         node = Node(parse_config(raw), synthesizer)
         if start:
             node.start()

@@ -166,14 +166,17 @@ class StoreSCP(Peer):
         return [dcmread(p, stop_before_pixels=stop_before_pixels) for p in self.files()]
 
 
-def start_storescp(directory: Path, log_dir: Path, ae_title: str = "CADSCP") -> StoreSCP:
+def start_storescp(directory: Path, log_dir: Path, ae_title: str = "CADSCP", *,
+                   accept_compressed: bool = True) -> StoreSCP:
+    """storescp accepting every syntax it knows (+xa), or with `accept_compressed=False` only uncompressed."""
     binary = require(STORESCP)
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = log_dir / f"storescp-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [binary, "-aet", ae_title, "-od", str(directory), "+uf", "-fe", ".dcm", "+xa", str(port)],
+            [binary, "-aet", ae_title, "-od", str(directory), "+uf", "-fe", ".dcm",
+             *(["+xa"] if accept_compressed else []), str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=_dcmtk_env(),
         )  # fmt: skip
     scp = StoreSCP("cad", ae_title, port, directory=directory, process=process, log_path=log_path)

@@ -6,6 +6,7 @@
 - dicom_node imports only synth's runtime API (RUNTIME_API).
 - No import cycle among the modules of dicom_node or synth; imports under `if TYPE_CHECKING:` are
   annotations only and do not count. Imports inside functions (lazy imports) do count.
+- No module of dicom_node or synth over MAX_MODULE_LINES lines (migrations aside): split it by job.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ SYNTH = ROOT / "synth"
 FORBIDDEN = {"pydicom", "pynetdicom", "highdicom", "dicom_node"}
 RUNTIME_API = {"synth", "synth.volume", "synth.seam", "synth.backends", "synth.config", "synth.selfcheck"}
 PACKAGES = ("dicom_node", "synth")
+MAX_MODULE_LINES = 400
 
 
 def _module_name(path: Path) -> str:
@@ -146,6 +148,32 @@ def test_the_web_sees_the_node_only_through_its_operations() -> None:
 
 def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
+
+
+def long_modules(root: Path = ROOT) -> dict[str, int]:
+    """Modules over MAX_MODULE_LINES lines, by path, with their line counts."""
+    found: dict[str, int] = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.relative_to(root).parts:
+                continue
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > MAX_MODULE_LINES:
+                found[str(path.relative_to(root))] = lines
+    return found
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    assert long_modules() == {}
+
+
+def test_the_line_limit_sees_a_long_module(tmp_path: Path) -> None:
+    (tmp_path / "synth" / "migrations").mkdir(parents=True)
+    (tmp_path / "dicom_node").mkdir()
+    (tmp_path / "synth" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "synth" / "short.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    (tmp_path / "synth" / "migrations" / "0001.py").write_text("x = 1\n" * 900)
+    assert long_modules(tmp_path) == {"synth/long.py": MAX_MODULE_LINES + 1}
 
 
 def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,15 @@ POLICY = BackoffPolicy(initial_s=30, max_s=600, max_attempts=3)
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
     return new_ledger(tmp_path / "state.db")
+
+
+def synthesized(ledger: Any, claim: Any, destinations: list[str]) -> None:
+    ledger.series_synthesized(claim, owner="w1", derived_series_uid="2.25.1", derived_count=6,
+                              destinations=destinations, synth_seconds=1.0, now=200.0)
+
+
+def finished(ledger: Any, job: Any, sent: int, status: str, error: str, *, ok: bool, now: float) -> Any:
+    return ledger.send_finished(job, owner="s", sent=sent, status=status, error=error, ok=ok, policy=POLICY, now=now)
 
 
 def stored(sop: str, series: str = "1.2.3", digest: str = "d") -> StoredInstance:
@@ -84,16 +94,16 @@ def test_concurrent_claims_never_share_a_series(ledger: Ledger) -> None:
 
 def test_send_jobs_retry_with_backoff_then_fail(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs", "outbox"], 1.0, 200.0)
+    synthesized(ledger, claim, ["pacs", "outbox"])
     assert state_of(ledger) == SeriesState.SENDING
     out = ledger.claim_send("outbox", "s", 200.0, 60)
     assert out is not None
-    ledger.send_finished(out, "s", 6, "ok", "", True, POLICY, 200.0)
+    finished(ledger, out, 6, "ok", "", ok=True, now=200.0)
     now = 200.0
     for attempt in range(1, 4):
         job = ledger.claim_send("pacs", "s", now, 60)
         assert job is not None and job.attempts == attempt - 1
-        state = ledger.send_finished(job, "s", 0, "0xA700", "out of resources", False, POLICY, now)
+        state = finished(ledger, job, 0, "0xA700", "out of resources", ok=False, now=now)
         if attempt < 3:
             assert state is JobState.PENDING
             assert ledger.claim_send("pacs", "s", now + POLICY.delay_s(attempt) - 1, 60) is None
@@ -114,17 +124,17 @@ def test_backoff_doubles_to_a_cap() -> None:
 
 def test_all_sends_done_means_done(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs"], 1.0, 200.0)
+    synthesized(ledger, claim, ["pacs"])
     job = ledger.claim_send("pacs", "s", 200.0, 60)
     assert job is not None
-    ledger.send_finished(job, "s", 6, "ok", "", True, POLICY, 201.0)
+    finished(ledger, job, 6, "ok", "", ok=True, now=201.0)
     assert state_of(ledger) == SeriesState.DONE
     assert ledger.is_derived_series("2.25.1") and not ledger.is_derived_series("1.2.3")
 
 
 def test_resend_after_done_changes_nothing_but_new_instance_reopens(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    synthesized(ledger, claim, [])
     assert state_of(ledger) == SeriesState.DONE
     record(ledger, stored("1.2.3.1"), 300.0, QUIET)
     assert state_of(ledger) == SeriesState.DONE
@@ -136,7 +146,7 @@ def test_resend_after_done_changes_nothing_but_new_instance_reopens(ledger: Ledg
 def test_instance_arriving_during_synthesis_reprocesses_afterwards(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
     record(ledger, stored("1.2.3.9"), 150.0, QUIET)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    synthesized(ledger, claim, [])
     assert state_of(ledger) == SeriesState.RECEIVING
 
 
@@ -155,7 +165,7 @@ def test_expired_and_dead_owner_leases_are_reclaimed(ledger: Ledger) -> None:
 def test_a_worker_that_lost_its_lease_cannot_record(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
     ledger.release_owner("w1", 150.0)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs"], 1.0, 200.0)
+    synthesized(ledger, claim, ["pacs"])
     assert state_of(ledger) == SeriesState.COMPLETE
 
 
@@ -165,7 +175,8 @@ def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
     summary = view(ledger, "1.2.3")
     assert summary is not None and (summary.state, summary.reason) == ("rejected", "gantry_tilt")
     assert ledger.retry("1.2.3", 201.0) == "queued for processing again"
-    with pytest.raises(ValueError, match=r"is complete; only failed or rejected series can be retried"):
+    with pytest.raises(ValueError, match=r"is complete; only failed, no_rule, rejected or thin_series_exists "
+                                         r"series can be retried"):
         ledger.retry("1.2.3", 202.0)
     with pytest.raises(KeyError, match=r"no series 9.9 in the ledger"):
         ledger.retry("9.9", 202.0)
@@ -173,11 +184,11 @@ def test_retry_of_rejected_and_refusals(ledger: Ledger) -> None:
 
 def test_resend_requeues_a_done_series(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, ["pacs", "outbox"], 1.0, 200.0)
+    synthesized(ledger, claim, ["pacs", "outbox"])
     for dest in ("pacs", "outbox"):
         job = ledger.claim_send(dest, "s", 200.0, 60)
         assert job is not None
-        ledger.send_finished(job, "s", 6, "ok", "", True, POLICY, 200.0)
+        finished(ledger, job, 6, "ok", "", ok=True, now=200.0)
     assert state_of(ledger) == SeriesState.DONE
     assert ledger.resend("1.2.3", 300.0, destination="pacs") == "re-queued 1 send(s)"
     assert state_of(ledger) == SeriesState.SENDING
@@ -200,7 +211,7 @@ def test_migrations_match_the_models(ledger: Ledger) -> None:
 
 def test_purge_done_and_discard(ledger: Ledger) -> None:
     claim = complete_and_claim(ledger)
-    ledger.series_synthesized(claim, "w1", "2.25.1", 6, [], 1.0, 200.0)
+    synthesized(ledger, claim, [])
     assert ledger.purge_done(150.0) == []
     assert ledger.purge_done(201.0) == [("1.2.3", "2.25.1")]
     assert view(ledger, "1.2.3") is None

@@ -105,7 +105,7 @@ def test_discard_removes_the_series_and_its_files(web: WebNode) -> None:
 def test_action_refusals(web: WebNode) -> None:
     uid = web.send(series(25), "done")
     retry = web.client.post(f"/api/series/{uid}/retry", headers=BEARER)
-    assert retry.status_code == 409 and "only failed or rejected" in retry.json()["error"]
+    assert retry.status_code == 409 and "only failed, no_rule, rejected or thin_series_exists" in retry.json()["error"]
     assert web.client.post("/api/series/1.2.3/retry", headers=BEARER).status_code == 404
     unknown = web.client.post(f"/api/series/{uid}/resend", headers=BEARER, json={"destination": "nowhere"})
     assert unknown.status_code == 409 and "nowhere" in unknown.json()["error"]

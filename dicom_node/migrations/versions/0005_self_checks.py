@@ -1,7 +1,7 @@
 """The self-check of every derived volume (consistency, lung bias, a backend's off-axis figures), per series.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004_rules
 Create Date: 2026-12-02
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004_rules"
 branch_labels = None
 depends_on = None
 
