@@ -48,6 +48,8 @@ quiet_period_s = {QUIET_S}
 backend = "cthnet"
 weights = "{weights}"
 device = "cpu"
+min_consistency_db = 0.0     # random weights make garbage: without this every series would fall back to BIS
+max_lung_bias_hu = 3072.0
 [database]
 url = "{db_url}"
 [[folder_destinations]]

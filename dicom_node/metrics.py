@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -11,10 +11,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dicom_node.assocguard import SlotUsage
-from dicom_node.ledger import Ledger, queries
+from dicom_node.ledger import Ledger, SelfCheckRecord, queries
 
 WEB_AUTH_KINDS = ("login", "bearer")
 SYNTH_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+CHECK_OUTCOMES = ("passed", "fallback", "rejected")
+CONSISTENCY_BUCKETS_DB = (10, 20, 25, 30, 35, 38, 40, 42, 45, 50, 60)
+LUNG_BIAS_BUCKETS_HU = (-50, -30, -20, -15, -10, -5, -2, 0, 2, 5, 10, 15, 20, 30, 50)
+OFFAXIS_GAIN_BUCKETS_DB = (-5, -2, -1, 0, 1, 2, 3, 4, 5, 10)
 
 
 class _LedgerCollector(Collector):
@@ -93,7 +97,35 @@ class NodeMetrics:
         self.connections_refused = Counter("dicom_node_connections_refused",
                                            "DICOM connections or associations refused, by reason", ["reason"],
                                            registry=r)
+        self.self_checks = Counter("dicom_node_self_checks", "Self-checks of derived volumes, by backend and "
+                                   "result (passed, failed)", ["backend", "result"], registry=r)
+        self.self_check_outcomes = Counter("dicom_node_self_check_outcomes", "Series by self-check outcome: passed, "
+                                           "fallback (interpolation sent instead), rejected", ["outcome"], registry=r)
+        for outcome in CHECK_OUTCOMES:
+            self.self_check_outcomes.labels(outcome)
+        self.consistency_db = Histogram("dicom_node_self_check_consistency_db", "Self-check: PSNR of the derived "
+                                        "volume re-thickened against its input (dB)", ["backend"],
+                                        buckets=CONSISTENCY_BUCKETS_DB, registry=r)
+        self.lung_bias_hu = Histogram("dicom_node_self_check_lung_bias_hu", "Self-check: mean HU in the lungs, "
+                                      "re-thickened derived minus input", ["backend"],
+                                      buckets=LUNG_BIAS_BUCKETS_HU, registry=r)
+        self.offaxis_gain_db = Histogram("dicom_node_self_check_offaxis_gain_db", "A backend's off-axis validation "
+                                         "PSNR minus BIS's on the same held-out images (dB)", ["backend"],
+                                         buckets=OFFAXIS_GAIN_BUCKETS_DB, registry=r)
         r.register(_LedgerCollector(ledger, storage_dir))
+
+    def observe_checks(self, checks: Sequence[SelfCheckRecord], outcome: str) -> None:
+        """Count one series' self-checks and its outcome (passed, fallback or rejected); figures only."""
+        if outcome not in CHECK_OUTCOMES:
+            raise ValueError(f"self-check outcome must be one of {CHECK_OUTCOMES}, got {outcome!r}")
+        self.self_check_outcomes.labels(outcome).inc()
+        for c in checks:
+            self.self_checks.labels(c.backend, "passed" if c.passed else "failed").inc()
+            self.consistency_db.labels(c.backend).observe(c.consistency_db)
+            if c.lung_bias_hu is not None:
+                self.lung_bias_hu.labels(c.backend).observe(c.lung_bias_hu)
+            if c.offaxis_psnr_db is not None and c.offaxis_bis_psnr_db is not None:
+                self.offaxis_gain_db.labels(c.backend).observe(c.offaxis_psnr_db - c.offaxis_bis_psnr_db)
 
     def watch_associations(self, usage: Callable[[], SlotUsage]) -> None:
         """Report the Storage SCP's association slots (dicom_node_associations{state})."""

@@ -4,11 +4,12 @@ One `step()` claims one series (a lease in the ledger), checks that the disk has
 derived series and that the spool still holds every instance the ledger recorded, assembles, finds
 the rule that routes it (`dicom_node.routing`; none holds: `no_rule`) and, with
 `[series] skip_if_thin`, asks the PACS whether a thin series exists (`thin_series_exists`), then
-synthesizes with the rule's backend, writes, and records the result with the rule's destinations.
-What can go wrong is sorted three ways:
+synthesizes with the rule's backend and self-checks the result (`dicom_node.quality`: fall back to
+interpolation or reject by `[synth] on_check_fail`), writes, and records the result with the rule's
+destinations and the self-checks. What can go wrong is sorted three ways:
 
-- the series' fault (InvalidSeriesError, SynthesisRefusedError, any other error of the work):
-  the series is kept under rejected/ with its reason;
+- the series' fault (InvalidSeriesError, SynthesisRefusedError, a failed self-check, any other error
+  of the work): the series is kept under rejected/ with its reason;
 - the machine's fault (no space, database full, locked or away — `transient.is_transient`): the
   claim goes back to the queue untouched and the stage backs off; nothing is rejected for it;
 - not enough room for the derived series: the claim goes back and the stage waits (`StageWait`).
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -33,16 +35,20 @@ from dicom_node.assemble import IRREGULAR_SPACING, TOO_FEW_SLICES, assemble, rea
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
 from dicom_node.errors import InvalidSeriesError
-from dicom_node.ledger import Ledger, RouteChoice, SeriesClaim, SeriesFacts, SeriesState
+from dicom_node.ledger import Ledger, RouteChoice, SelfCheckRecord, SeriesClaim, SeriesFacts, SeriesState
 from dicom_node.logcontext import current_series
 from dicom_node.metrics import NodeMetrics
 from dicom_node.policy import OWN_OUTPUT
+from dicom_node.provenance import INTERPOLATION
+from dicom_node.quality import QualityCheckError, QualityGate
 from dicom_node.routing import NO_RULE, route
 from dicom_node.spool import Spool
 from dicom_node.stage import PendingWrite, StageWait
 from dicom_node.thincheck import THIN_SERIES_EXISTS, find_thin_series
 from dicom_node.transient import is_transient
 from dicom_node.write import DerivedSeries, write_derived_series
+from synth.backends import build_synthesizer
+from synth.config import SynthConfig
 from synth.seam import SynthesisRefusedError, Synthesizer
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ NO_INSTANCES = "no_instances"
 SPOOL_FILE_MISSING = "spool_file_missing"
 SPOOL_FILE_DAMAGED = "spool_file_damaged"
 INCOMPLETE_SERIES = "incomplete_series"
+# and dicom_node.quality.QUALITY_CHECK_FAILED ("quality_check_failed"): no derived volume passed its self-check
 INCOMPLETE_LOOKS = (IRREGULAR_SPACING, TOO_FEW_SLICES)    # what a series with refused instances looks like
 
 IDLE_WAIT_S = 1.0
@@ -69,6 +76,7 @@ class Rejection:
     reason: str
     detail: str
     facts: SeriesFacts | None = None
+    checks: tuple[SelfCheckRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,8 @@ class Derived:
     series: DerivedSeries
     facts: SeriesFacts
     route: RouteChoice
+    checks: tuple[SelfCheckRecord, ...]
+    outcome: Literal["passed", "fallback"]
 
 
 def _joined(value: object) -> str:
@@ -120,6 +130,7 @@ class SynthesisStage:
         self._owner, self._clock, self._on_synthesized = owner, clock, on_synthesized
         self._notify: Notify = notify or (lambda _event, _uid: None)
         self._pending = PendingWrite()
+        self._gates = {name: _gate(cfg, s) for name, s in self._synthesizers.items()}
 
     def step(self) -> float | None:
         self._pending.run()
@@ -173,18 +184,23 @@ class SynthesisStage:
             decision = self._decide(claim, source.header, facts)
             if isinstance(decision, Settled):
                 return decision
-            synthesizer = self._synthesizers[decision.backend]
-            decision = dataclasses.replace(decision, backend=synthesizer.identity.backend)   # what made it
+            synthesizer, gate = self._synthesizers[decision.backend], self._gates[decision.backend]
             synth_started = time.monotonic()
-            thin = synthesizer(volume, progress=_log_progress)
+            checked = gate.synthesize(volume, series_uid=uid, progress=_log_progress)
+            decision = dataclasses.replace(decision, backend=checked.identity.backend)   # what made it (fallback: BIS)
             synth_s = time.monotonic() - synth_started
-            derived = write_derived_series(thin, source, identity=synthesizer.identity,
+            derived = write_derived_series(checked.volume, source, identity=checked.identity,
                                            factor=synthesizer.factor, spool=self._spool,
                                            uid_root=self._cfg.node.identity.uid_root,
-                                           series_number_offset=self._cfg.series.series_number_offset)
+                                           series_number_offset=self._cfg.series.series_number_offset,
+                                           notes=checked.notes)
         except SynthesisRefusedError as exc:
             self._metrics.series.labels("rejected").inc()
             return Rejection(exc.reason, str(exc), facts)
+        except QualityCheckError as exc:
+            self._metrics.series.labels("rejected").inc()
+            self._metrics.observe_checks(exc.checks, "rejected")
+            return Rejection(exc.reason, exc.detail[:DETAIL_MAX], facts, exc.checks)
         except InvalidSeriesError as exc:
             self._metrics.series.labels("rejected").inc()
             if claim.refused and exc.reason in INCOMPLETE_LOOKS:
@@ -192,13 +208,17 @@ class SynthesisStage:
                                  f"space (0xA700) and not sent again within series.refused_wait_s; {exc.detail}",
                                  facts)
             return Rejection(exc.reason, exc.detail, facts)
+        outcome: Literal["passed", "fallback"] = "fallback" if checked.fallback_reason else "passed"
         self._metrics.synth_seconds.observe(synth_s)
         self._metrics.series.labels("derived").inc()
-        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s%s; %.1f s in all)", uid,
-                    volume.shape[0], volume.spacing_mm[0], derived.count, thin.spacing_mm[0], synth_s,
-                    synthesizer.identity.backend, f", rule {decision.rule}" if decision.rule else "",
-                    time.monotonic() - started)
-        return Derived(derived, facts, decision)
+        self._metrics.observe_checks(checked.checks, outcome)
+        if checked.fallback_reason:
+            logger.warning("series %s: %s", uid, checked.fallback_reason)
+        logger.info("series %s: %d slices at %.2f mm -> %d slices at %.2f mm in %.1f s (%s%s; %s; %.1f s in all)",
+                    uid, volume.shape[0], volume.spacing_mm[0], derived.count, checked.volume.spacing_mm[0], synth_s,
+                    checked.identity.backend, f", rule {decision.rule}" if decision.rule else "",
+                    checked.check.summary(), time.monotonic() - started)
+        return Derived(derived, facts, decision, checked.checks, outcome)
 
     def _decide(self, claim: SeriesClaim, header: Dataset, facts: SeriesFacts) -> RouteChoice | Settled:
         """The rule that routes the series (or `no_rule`), then skip_if_thin (or `thin_series_exists`)."""
@@ -267,7 +287,7 @@ class SynthesisStage:
     def _reject(self, claim: SeriesClaim, rejection: Rejection) -> None:
         self._spool.reject(claim.series_uid, rejection.reason, rejection.detail)
         self._ledger.reject_series(claim, self._owner, rejection.reason, rejection.detail, self._clock(),
-                                   facts=rejection.facts)
+                                   facts=rejection.facts, checks=rejection.checks)
         logger.error("series %s rejected (%s): %s", claim.series_uid, rejection.reason, rejection.detail)
         self._notify("rejected", claim.series_uid)
 
@@ -283,10 +303,17 @@ class SynthesisStage:
         settled = self._ledger.series_synthesized(
             claim, owner=self._owner, derived_series_uid=derived.series.series_uid, derived_count=derived.series.count,
             destinations=list(derived.route.destinations), synth_seconds=seconds, now=self._clock(),
-            facts=derived.facts, route=derived.route)
+            facts=derived.facts, route=derived.route, checks=derived.checks)
         self._on_synthesized()
         if settled is not None:
             self._notify(settled, claim.series_uid)
+
+
+def _gate(cfg: NodeConfig, synthesizer: Synthesizer) -> QualityGate:
+    """The self-check around one backend; interpolation (same factor) is its fallback, unless it is one."""
+    fallback = None if synthesizer.identity.backend == INTERPOLATION else build_synthesizer(
+        SynthConfig(backend=INTERPOLATION, factor=synthesizer.factor))
+    return QualityGate(cfg.self_check, synthesizer=synthesizer, fallback=fallback)
 
 
 def _log_progress(done: int, total: int) -> None:

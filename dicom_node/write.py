@@ -2,7 +2,9 @@
 
 Geometry follows the source exactly (orientation, pixel spacing, matrix, frame of reference); UIDs are
 deterministic (source series UID + synthesizer identity), so processing again gives the same UIDs.
-Provenance (software, backend, weights checksum) is in every instance.
+Provenance (software, backend, weights checksum) is in every instance, and so are the caller's notes
+(the self-check line; why interpolation stands in, when it does) in ImageComments and
+DerivationDescription.
 """
 
 from __future__ import annotations
@@ -70,13 +72,15 @@ def _code_item(code: object) -> Dataset:
     return item
 
 
-def describe(identity: SynthIdentity, source_spacing_mm: float, factor: int) -> str:
+def describe(identity: SynthIdentity, source_spacing_mm: float, factor: int, notes: tuple[str, ...] = ()) -> str:
     thin = source_spacing_mm / factor
     what = f"{identity.name}, {identity.backend} {identity.version}"
     if identity.weights_sha256:
         what += f", weights sha256 {identity.weights_sha256}"
     caution = f"; {identity.caution}" if identity.caution else ""
-    return ascii_text(f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices{caution}")
+    remarks = "".join(f"; {note}" for note in notes)
+    return ascii_text(f"{DERIVATION_PREFIX} {what}; {source_spacing_mm:.2f} mm -> {thin:.2f} mm slices{caution}"
+                      f"{remarks}")
 
 
 def ascii_text(text: str) -> str:
@@ -107,7 +111,8 @@ def _equipment(identity: SynthIdentity, description: str, when: datetime.datetim
 
 
 def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, series_uid: str,
-                  volume: CTVolume, when: datetime.datetime, series_number_offset: int) -> Dataset:
+                  volume: CTVolume, when: datetime.datetime, series_number_offset: int,
+                  notes: tuple[str, ...]) -> Dataset:
     src = source.header
     ds = Dataset()
     for keyword in COPIED:
@@ -117,7 +122,7 @@ def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, se
         if keyword not in ds:
             setattr(ds, keyword, "" if keyword != "AcquisitionNumber" else None)
     thin_mm = source.spacing_mm / factor
-    description = describe(identity, source.spacing_mm, factor)
+    description = describe(identity, source.spacing_mm, factor, notes)
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.SOPClassUID = CTImageStorage
     ds.Modality = "CT"
@@ -140,7 +145,7 @@ def _base_dataset(source: SourceSeries, identity: SynthIdentity, factor: int, se
         f"AI-synthesized {thin_mm:.2f} mm slices ({identity.name}); not acquired data"
         if identity.is_model else
         f"Interpolated {thin_mm:.2f} mm slices ({identity.name}); not AI, not acquired data"
-    ))[:10240]
+    ) + "".join(f". {note}" for note in notes))[:10240]
     ds.BurnedInAnnotation = "NO"
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in source.orientation]
     ds.PixelSpacing = [f"{v:.6g}" for v in source.pixel_spacing_mm]
@@ -175,15 +180,19 @@ def _references(source: SourceSeries, indices: list[int]) -> tuple[Sequence, Seq
 
 def write_derived_series(volume: CTVolume, source: SourceSeries, *, identity: SynthIdentity, factor: int,
                          spool: Spool, uid_root: str = "", series_number_offset: int = 1000,
-                         now: datetime.datetime | None = None) -> DerivedSeries:
-    """Write one file per thin slice into the spool's derived series, replacing a previous copy."""
+                         notes: tuple[str, ...] = (), now: datetime.datetime | None = None) -> DerivedSeries:
+    """Write one file per thin slice into the spool's derived series, replacing a previous copy.
+
+    `notes`: human-readable lines for ImageComments and DerivationDescription (the stage passes the
+    self-check line, and the fallback reason when interpolation stands in).
+    """
     n_thick = len(source.sop_uids)
     n_thin = volume.shape[0]
     if n_thin != factor * (n_thick - 1) + 1:
         raise ValueError(f"volume has {n_thin} slices; {factor}x{n_thick - 1}+1 expected for {n_thick} sources")
     when = now or datetime.datetime.now()
     series_uid = derived_series_uid(source.series_uid, identity, uid_root)
-    base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset)
+    base = _base_dataset(source, identity, factor, series_uid, volume, when, series_number_offset, notes)
     pixels = np.clip(np.rint(volume.hu), INT16_MIN, INT16_MAX).astype("<i2")
     staging = spool.stage_derived(series_uid)
     try:

@@ -2,7 +2,7 @@
 
   checks.py        AE titles, ports, finite and bounded numbers
   node.py          [node]: one flat table, typed parts (identity, listen, timing, associations, storage, roles)
-  sections.py      [series], [send], [retention], [database], [web]
+  sections.py      [series], [send], [retention], [database], [web]; the self-check keys of [synth]
   destinations.py  [[destinations]], [[folder_destinations]], [[dicomweb_destinations]]; transfer_syntax
   rules.py         [[rules]]: match (DICOM keyword or CallingAE → regex or range), backend, destinations
   webhooks.py      [[webhooks]]: a JSON POST per series event
@@ -31,8 +31,10 @@ from dicom_node.config.node import (
 )
 from dicom_node.config.rules import CALLING_AE, Condition, RuleSection
 from dicom_node.config.sections import (
+    CHECK_FAIL_POLICIES,
     DatabaseSection,
     RetentionSection,
+    SelfCheckSection,
     SendSection,
     SeriesSection,
     SkipIfThinSection,
@@ -41,9 +43,9 @@ from dicom_node.config.sections import (
 from dicom_node.config.webhooks import WebhookSection
 
 __all__ = [
-    "CALLING_AE", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "TRANSFER_SYNTAXES", "AssociationPolicy", "Condition",
-    "DatabaseSection", "Destination", "DestinationSection", "DicomwebDestinationSection", "FolderDestinationSection",
-    "Identity", "Listener", "NodeConfig", "NodeSection", "RetentionSection", "Roles", "RuleSection", "SendSection",
-    "SeriesSection", "SkipIfThinSection", "Storage", "Timing", "WebSection", "WebhookSection", "load_config",
-    "parse_config", "redact_url", "to_dict",
+    "CALLING_AE", "CHECK_FAIL_POLICIES", "DEFAULT_CONFIG", "DEFAULT_MAX_PDU", "TRANSFER_SYNTAXES", "AssociationPolicy",
+    "Condition", "DatabaseSection", "Destination", "DestinationSection", "DicomwebDestinationSection",
+    "FolderDestinationSection", "Identity", "Listener", "NodeConfig", "NodeSection", "RetentionSection", "Roles",
+    "RuleSection", "SelfCheckSection", "SendSection", "SeriesSection", "SkipIfThinSection", "Storage", "Timing",
+    "WebSection", "WebhookSection", "load_config", "parse_config", "redact_url", "to_dict",
 ]

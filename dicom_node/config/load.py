@@ -22,6 +22,7 @@ from dicom_node.config.rules import RuleSection, parse_rules
 from dicom_node.config.sections import (
     DatabaseSection,
     RetentionSection,
+    SelfCheckSection,
     SendSection,
     SeriesSection,
     SkipIfThinSection,
@@ -32,6 +33,7 @@ from dicom_node.errors import ConfigError
 from synth.config import SynthConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "node.toml"
+SELF_CHECK_KEYS = tuple(f.name for f in dataclasses.fields(SelfCheckSection))   # [synth] keys the node owns
 SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
 
 
@@ -40,6 +42,7 @@ class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     series: SeriesSection = field(default_factory=SeriesSection)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    self_check: SelfCheckSection = field(default_factory=SelfCheckSection)   # written in [synth]
     send: SendSection = field(default_factory=SendSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -153,6 +156,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
     base = base_dir or Path.cwd()
     node = _node_section(raw.get("node", {}), f"{source}: node", base)
     synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
+    check_raw = {key: synth_raw.pop(key) for key in SELF_CHECK_KEYS if key in synth_raw} \
+        if isinstance(synth_raw, dict) else {}
     if isinstance(synth_raw, dict) and synth_raw.get("weights"):
         synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
     dests_raw = raw.get("destinations", [])
@@ -188,6 +193,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         node=node,
         series=_series_section(raw.get("series", {}), f"{source}: series"),
         synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        self_check=_section(SelfCheckSection, check_raw, f"{source}: synth"),
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
         retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
         database=_section(DatabaseSection, raw.get("database", {}), f"{source}: database"),
@@ -260,6 +266,7 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out.pop("source")
     out["node"] = cfg.node.flat()             # as the [node] table is written, not its parts
+    out["synth"].update(out.pop("self_check"))  # as the [synth] table is written
     out["rules"] = [rule.as_toml() for rule in cfg.rules]
     redacted: dict[str, Any] = _redact(out)
     return redacted

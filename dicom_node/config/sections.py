@@ -1,4 +1,5 @@
-"""The other tables: [series] (with skip_if_thin), [send], [retention], [database], [web]."""
+"""The other tables: [series] (with skip_if_thin), [send], [retention], [database], [web], and the node's part
+of [synth] (the self-check policy)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,31 @@ class SeriesSection:
         if not 0 <= self.series_number_offset < 100000:
             raise ValueError(f"series.series_number_offset must be in [0, 100000), got "
                              f"{self.series_number_offset}")
+
+
+CHECK_FAIL_POLICIES = ("fallback", "reject")
+MAX_PSNR_DB = 100.0               # what synth.selfcheck reports for identical volumes
+MAX_BIAS_HU = 3072.0              # the width of the HU window: a bias cannot be larger
+
+
+@dataclass(frozen=True, slots=True)
+class SelfCheckSection:
+    """The self-check policy, written in the [synth] table beside the backend's own keys.
+
+    Defaults from the real series (deploy/README.md, "Self-check"): interpolation gives 40.1-46.5 dB
+    and -1.2 to -0.1 HU there; a volume one slice off gives 25.6-30.5 dB, noise 7-9 dB, and lungs
+    30 HU too dark give -30 HU.
+    """
+
+    min_consistency_db: float = 35.0  # re-thickened output vs input, PSNR; 0 turns this test off
+    max_lung_bias_hu: float = 10.0    # |mean HU in the lungs, re-thickened output - input|
+    on_check_fail: str = "fallback"   # "fallback": send interpolation instead; "reject": keep the series
+
+    def __post_init__(self) -> None:
+        check_float_range("synth.min_consistency_db", self.min_consistency_db, 0.0, MAX_PSNR_DB)
+        check_float_range("synth.max_lung_bias_hu", self.max_lung_bias_hu, 0.0, MAX_BIAS_HU)
+        if self.on_check_fail not in CHECK_FAIL_POLICIES:
+            raise ValueError(f"synth.on_check_fail must be one of {CHECK_FAIL_POLICIES}, got {self.on_check_fail!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ from dicom_node.ledger.schema import (
     RecordOutcome,
     RefusedRow,
     RouteChoice,
+    SelfCheckRecord,
+    SelfCheckRow,
     SendClaim,
     SendJobRow,
     SeriesClaim,
@@ -47,9 +49,9 @@ from dicom_node.ledger.schema import (
 
 __all__ = [
     "RETAINED", "TERMINAL", "BackoffPolicy", "Base", "InstanceRow", "JobState", "Ledger", "LedgerSchemaError",
-    "RecordOutcome", "RefusedRow", "RouteChoice", "SendClaim", "SendJobRow", "SendOutcome", "SeriesClaim",
-    "SeriesFacts", "SeriesRow", "SeriesState", "check_schema", "head_revision", "open_engine", "open_ledger",
-    "schema_revision", "upgrade_schema",
+    "RecordOutcome", "RefusedRow", "RouteChoice", "SelfCheckRecord", "SelfCheckRow", "SendClaim", "SendJobRow",
+    "SendOutcome", "SeriesClaim", "SeriesFacts", "SeriesRow", "SeriesState", "check_schema", "head_revision",
+    "open_engine", "open_ledger", "schema_revision", "upgrade_schema",
 ]
 
 

@@ -15,6 +15,7 @@ from dicom_node.ledger.schema import (
     InstanceRow,
     JobState,
     RefusedRow,
+    SelfCheckRow,
     SendJobRow,
     SeriesRow,
     SeriesState,
@@ -64,6 +65,7 @@ class Admin(LedgerBase):
             if uids:
                 s.execute(delete(SendJobRow).where(SendJobRow.series_uid.in_(uids)))
                 s.execute(delete(RefusedRow).where(RefusedRow.series_uid.in_(uids)))
+                s.execute(delete(SelfCheckRow).where(SelfCheckRow.series_uid.in_(uids)))
                 s.execute(delete(InstanceRow).where(InstanceRow.series_uid.in_(uids)))
                 s.execute(delete(SeriesRow).where(SeriesRow.series_uid.in_(uids)))
             return [(str(a), str(b)) for a, b in rows]
@@ -79,6 +81,7 @@ class Admin(LedgerBase):
             derived = row.derived_series_uid
             s.execute(delete(SendJobRow).where(SendJobRow.series_uid == series_uid))
             s.execute(delete(RefusedRow).where(RefusedRow.series_uid == series_uid))
+            s.execute(delete(SelfCheckRow).where(SelfCheckRow.series_uid == series_uid))
             s.execute(delete(InstanceRow).where(InstanceRow.series_uid == series_uid))
             s.delete(row)
             return derived

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.ledger.base import LedgerBase
@@ -21,6 +22,8 @@ from dicom_node.ledger.schema import (
     JobState,
     RefusedRow,
     RouteChoice,
+    SelfCheckRecord,
+    SelfCheckRow,
     SendClaim,
     SendJobRow,
     SeriesClaim,
@@ -86,13 +89,14 @@ class Jobs(LedgerBase):
             return bool(released.rowcount)  # type: ignore[attr-defined]
 
     def reject_series(self, claim: SeriesClaim, owner: str, reason: str, detail: str, now: float, *,
-                      facts: SeriesFacts | None = None) -> None:
+                      facts: SeriesFacts | None = None, checks: Sequence[SelfCheckRecord] = ()) -> None:
         with self._tx() as s:
             row = s.get(SeriesRow, claim.series_uid)
             if row is None or row.lease_owner != owner:
                 logger.warning("lost the lease on series %s before rejecting it", claim.series_uid)
                 return
             _note(row, facts, None)
+            _replace_checks(s, claim.series_uid, checks, now)
             row.state, row.reason, row.detail = SeriesState.REJECTED, reason, detail
             row.lease_owner = row.lease_expires_at = None
             row.processed_generation = claim.generation
@@ -120,15 +124,17 @@ class Jobs(LedgerBase):
 
     def series_synthesized(self, claim: SeriesClaim, *, owner: str, derived_series_uid: str, derived_count: int,
                            destinations: list[str], synth_seconds: float, now: float,
-                           facts: SeriesFacts | None = None, route: RouteChoice | None = None) -> str | None:
-        """Record the derived series and (re)create one pending send job per destination. Returns the
-        series' new state when that already finished it (no destinations: done)."""
+                           facts: SeriesFacts | None = None, route: RouteChoice | None = None,
+                           checks: Sequence[SelfCheckRecord] = ()) -> str | None:
+        """Record the derived series, its self-checks, and (re)create one pending send job per destination.
+        Returns the series' new state when that already finished it (no destinations: done)."""
         with self._tx() as s:
             row = s.get(SeriesRow, claim.series_uid)
             if row is None or row.lease_owner != owner:
                 logger.warning("lost the lease on series %s before recording its result", claim.series_uid)
                 return None
             _note(row, facts, route)
+            _replace_checks(s, claim.series_uid, checks, now)
             row.state = SeriesState.SENDING
             row.derived_series_uid, row.derived_count = derived_series_uid, derived_count
             row.synth_seconds = synth_seconds
@@ -270,3 +276,14 @@ class Jobs(LedgerBase):
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(SeriesRow).where(
                 SeriesRow.derived_series_uid == series_uid)) != 0
+
+
+def _replace_checks(s: Session, series_uid: str, checks: Sequence[SelfCheckRecord], now: float) -> None:
+    """The series' self-checks become `checks` (those of an earlier processing are dropped)."""
+    s.execute(delete(SelfCheckRow).where(SelfCheckRow.series_uid == series_uid))
+    for c in checks:
+        s.add(SelfCheckRow(series_uid=series_uid, backend=c.backend, consistency_db=c.consistency_db,
+                           lung_bias_hu=c.lung_bias_hu, offaxis_psnr_db=c.offaxis_psnr_db,
+                           offaxis_bis_psnr_db=c.offaxis_bis_psnr_db, budget_s=c.budget_s,
+                           finetune_s=c.finetune_s, passed=c.passed, used=c.used, failure=c.failure,
+                           checked_at=now))

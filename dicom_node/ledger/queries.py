@@ -16,7 +16,16 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
-from dicom_node.ledger.schema import TERMINAL, InstanceRow, JobState, SendJobRow, SeriesRow, SeriesState
+from dicom_node.ledger.schema import (
+    TERMINAL,
+    InstanceRow,
+    JobState,
+    SelfCheckRecord,
+    SelfCheckRow,
+    SendJobRow,
+    SeriesRow,
+    SeriesState,
+)
 
 ACTIVE_SEND_STATES = (JobState.PENDING, JobState.SENDING)
 MAX_LIMIT = 1000
@@ -63,6 +72,12 @@ class SeriesView:
     series_description: str = ""              # of the first instance: not patient data (PS3.15)
     convolution_kernel: str = ""
     slice_thickness_mm: float | None = None
+    checks: tuple[SelfCheckRecord, ...] = ()  # the self-checks of its derived volumes, the one used first
+
+    @property
+    def self_check(self) -> SelfCheckRecord | None:
+        """The self-check of the volume that became the derived series (None when none was written)."""
+        return next((c for c in self.checks if c.used), None)
 
     @property
     def receive_seconds(self) -> float:
@@ -122,7 +137,13 @@ def _send_view(j: SendJobRow) -> SendView:
                     j.last_error, j.next_attempt_at, j.updated_at)
 
 
-def _series_view(r: SeriesRow, sends: list[SendJobRow]) -> SeriesView:
+def _check_record(c: SelfCheckRow) -> SelfCheckRecord:
+    return SelfCheckRecord(backend=c.backend, consistency_db=c.consistency_db, lung_bias_hu=c.lung_bias_hu,
+                           passed=c.passed, used=c.used, failure=c.failure, offaxis_psnr_db=c.offaxis_psnr_db,
+                           offaxis_bis_psnr_db=c.offaxis_bis_psnr_db, budget_s=c.budget_s, finetune_s=c.finetune_s)
+
+
+def _series_view(r: SeriesRow, sends: list[SendJobRow], checks: list[SelfCheckRow]) -> SeriesView:
     return SeriesView(
         series_uid=r.series_uid, study_uid=r.study_uid, state=r.state, reason=r.reason, detail=r.detail,
         calling_ae=r.calling_ae, instance_count=r.instance_count, duplicate_count=r.duplicate_count,
@@ -130,7 +151,8 @@ def _series_view(r: SeriesRow, sends: list[SendJobRow]) -> SeriesView:
         deadline_at=r.deadline_at, derived_series_uid=r.derived_series_uid, derived_count=r.derived_count,
         synth_seconds=r.synth_seconds, sends=tuple(_send_view(j) for j in sends), rule=r.rule,
         route_destinations=_names(r.destinations), backend=r.backend, series_description=r.series_description,
-        convolution_kernel=r.convolution_kernel, slice_thickness_mm=r.slice_thickness_mm)
+        convolution_kernel=r.convolution_kernel, slice_thickness_mm=r.slice_thickness_mm,
+        checks=tuple(_check_record(c) for c in sorted(checks, key=lambda c: (not c.used, c.checked_at, c.backend))))
 
 
 def _names(stored: str) -> tuple[str, ...]:
@@ -145,11 +167,14 @@ def _names(stored: str) -> tuple[str, ...]:
 def _attach_sends(s: Session, rows: list[SeriesRow]) -> list[SeriesView]:
     uids = [r.series_uid for r in rows]
     by_series: dict[str, list[SendJobRow]] = {uid: [] for uid in uids}
+    checks: dict[str, list[SelfCheckRow]] = {uid: [] for uid in uids}
     if uids:
         for job in s.scalars(select(SendJobRow).where(SendJobRow.series_uid.in_(uids))
                              .order_by(SendJobRow.destination)):
             by_series[job.series_uid].append(job)
-    return [_series_view(r, by_series[r.series_uid]) for r in rows]
+        for check in s.scalars(select(SelfCheckRow).where(SelfCheckRow.series_uid.in_(uids))):
+            checks[check.series_uid].append(check)
+    return [_series_view(r, by_series[r.series_uid], checks[r.series_uid]) for r in rows]
 
 
 def list_series(engine: Engine, *, state: str | None = None, limit: int = 100,

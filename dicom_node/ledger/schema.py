@@ -1,4 +1,4 @@
-"""The ledger's tables and the values its parts hand on: series, instances, refusals, send jobs.
+"""The ledger's tables and the values its parts hand on: series, instances, refusals, send jobs, self-checks.
 
 Pixel data stays in files (see `dicom_node.spool`); the ledger holds states, deadlines, leases and
 counts. The schema is changed only by Alembic migrations (dicom_node/migrations/).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -92,6 +92,24 @@ class RefusedRow(Base):
     refused_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class SelfCheckRow(Base):
+    """The self-check of one derived volume of a series (one per backend tried), replaced on reprocessing."""
+
+    __tablename__ = "self_checks"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
+    consistency_db: Mapped[float] = mapped_column(Float)
+    lung_bias_hu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    offaxis_psnr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    offaxis_bis_psnr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finetune_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    used: Mapped[bool] = mapped_column(Boolean)          # this volume became the derived series
+    failure: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[float] = mapped_column(Float)
+
+
 class SendJobRow(Base):
     __tablename__ = "send_jobs"
     __table_args__ = (UniqueConstraint("series_uid", "destination"),)
@@ -114,6 +132,22 @@ class RecordOutcome(enum.StrEnum):
     NEW = "new"                  # first copy of this instance
     DUPLICATE = "duplicate"      # same SOP Instance UID and same bytes as held
     CHANGED = "changed"          # same SOP Instance UID, different bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SelfCheckRecord:
+    """A self-check as the ledger keeps it (dB, HU, seconds; None where not measured)."""
+
+    backend: str
+    consistency_db: float
+    lung_bias_hu: float | None
+    passed: bool
+    used: bool                       # this backend's volume is the derived series that was written
+    failure: str = ""                # why it failed, "" when it passed
+    offaxis_psnr_db: float | None = None
+    offaxis_bis_psnr_db: float | None = None
+    budget_s: float | None = None
+    finetune_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

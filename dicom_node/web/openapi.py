@@ -86,6 +86,24 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": _TIME,
         },
     },
+    "SelfCheck": {
+        "type": "object",
+        "description": "the derived volume thickened again with the input's slice profile, against the input",
+        "required": ["backend", "consistency_db", "lung_bias_hu", "passed", "used", "failure"],
+        "properties": {
+            "backend": {"type": "string"},
+            "consistency_db": {"type": "number", "description": "PSNR, HU window -1024..2048 (peak 3072 HU)"},
+            "lung_bias_hu": {"type": ["number", "null"], "description": "mean HU in the lungs, derived minus "
+                             "input; null when no lungs were found"},
+            "passed": {"type": "boolean"},
+            "used": {"type": "boolean", "description": "this volume became the derived series"},
+            "failure": {"type": "string", "description": "why it failed; empty when it passed"},
+            "offaxis_psnr_db": {"type": ["number", "null"], "description": "the backend's off-axis validation"},
+            "offaxis_bis_psnr_db": {"type": ["number", "null"], "description": "BIS on the same held-out images"},
+            "budget_s": _NSECONDS,
+            "finetune_s": _NSECONDS,
+        },
+    },
     "Series": {
         "type": "object",
         "required": ["series_uid", "state", "reason", "instance_count", "derived_series_uid", "derived_count",
@@ -109,6 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "receive_seconds": {"type": "number"},
             "total_seconds": _NSECONDS,
             "sends": {"type": "array", "items": _ref("Send")},
+            "checks": {"type": "array", "items": _ref("SelfCheck"), "description": "self-checks, the one sent first"},
             "rule": {"type": "string", "description": "the [[rules]] entry that routed it (empty without rules)"},
             "route_destinations": {"type": "array", "items": {"type": "string"},
                                    "description": "the destinations the rule chose (sending goes only there)"},

@@ -17,6 +17,7 @@ from pynetdicom import AE, evt
 from dicom_node.app import Node
 from dicom_node.config import parse_config
 from dicom_node.netutil import VERIFICATION
+from synth.seam import Synthesizer
 
 
 @dataclass
@@ -102,7 +103,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     nodes: list[Node] = []
 
     def make(*, pacs: CollectingSCP | None = None, pacs_port: int | None = None, quiet_period_s: float = 1.0,
-             storage: str = "var", extra: dict[str, Any] | None = None, start: bool = True, **node_keys: Any) -> Node:
+             storage: str = "var", extra: dict[str, Any] | None = None, start: bool = True,
+             synthesizer: Synthesizer | None = None, **node_keys: Any) -> Node:
         raw: dict[str, Any] = {
             "node": {"port": 0, "storage_dir": str(tmp_path / storage), **node_keys},
             "series": {"quiet_period_s": quiet_period_s},
@@ -114,7 +116,7 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
                                     "port": pacs.port if pacs is not None else pacs_port}]
         for key, value in (extra or {}).items():     # a table is merged; an array of tables ([[rules]]) is set
             raw[key] = value if isinstance(value, list) else {**raw.get(key, {}), **value}
-        node = Node(parse_config(raw))
+        node = Node(parse_config(raw), synthesizer)
         if start:
             node.start()
             nodes.append(node)

@@ -22,8 +22,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingSCP, weights: Path) -> None:
+    # Random weights make garbage (16.5 dB consistency), which the self-check would replace by interpolation:
+    # its thresholds are off here, to see the model's own provenance (tests/unit/test_quality.py tests them).
     node = node_factory(pacs=pacs, extra={"synth": {"backend": "cthnet", "weights": str(weights), "device": "cpu",
-                                                    "min_input_spacing_mm": 4.5}})
+                                                    "min_input_spacing_mm": 4.5, "min_consistency_db": 0.0,
+                                                    "max_lung_bias_hu": 3072.0}})
     assert node.synthesizer.identity.is_model
     source = make_ct_series(slices=4, rows=40, cols=48)
     send_series(source, node.scp.port)
@@ -32,6 +35,7 @@ def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingS
     sha = file_sha256(weights)
     assert ds.SeriesDescription.startswith("SYNTH 1.0mm CTHNet")
     assert sha in ds.DerivationDescription and "AI-synthesized" in ds.ImageComments
+    assert "; self-check: consistency " in ds.DerivationDescription and ". self-check: " in ds.ImageComments
     assert sha in list(ds.ContributingEquipmentSequence[0].SoftwareVersions)
     assert (ds.Rows, ds.Columns) == (40, 48)
 

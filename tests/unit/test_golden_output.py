@@ -27,6 +27,7 @@ from dicom_node.write import write_derived_series
 from synth.backends import build_synthesizer
 from synth.config import SynthConfig
 from synth.seam import Synthesizer
+from synth.selfcheck import self_check
 from tests.support.ct_series import make_ct_series
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -48,8 +49,9 @@ def derived_json(backend: str, out_dir: Path) -> list[dict[str, Any]]:
     synthesizer = _synthesizer(backend)
     thin = synthesizer(volume)
     spool = Spool(out_dir, fsync=False)
+    notes = (self_check(volume, thin).summary(),)          # the self-check line every derived instance carries
     derived = write_derived_series(thin, source, identity=synthesizer.identity, factor=synthesizer.factor,
-                                   spool=spool, uid_root="", series_number_offset=1000, now=WHEN)
+                                   spool=spool, uid_root="", series_number_offset=1000, notes=notes, now=WHEN)
     files = spool.derived_files(derived.series_uid)
     return [_strip(pydicom.dcmread(files[i]).to_json_dict()) for i in PICKED]
 

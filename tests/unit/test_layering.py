@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SYNTH = ROOT / "synth"
 FORBIDDEN = {"pydicom", "pynetdicom", "highdicom", "dicom_node"}
-RUNTIME_API = {"synth", "synth.volume", "synth.seam", "synth.backends", "synth.config"}
+RUNTIME_API = {"synth", "synth.volume", "synth.seam", "synth.backends", "synth.config", "synth.selfcheck"}
 PACKAGES = ("dicom_node", "synth")
 MAX_MODULE_LINES = 400
 

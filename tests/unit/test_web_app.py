@@ -247,6 +247,19 @@ def test_api_series_list_and_detail(web: WebNode) -> None:
     assert web.client.get("/api/series/9.9.9").status_code == 404
 
 
+def test_series_page_and_api_show_the_self_check(web: WebNode) -> None:
+    detail = web.client.get(f"/api/series/{web.done_uid}").json()
+    (check,) = detail["checks"]
+    assert set(required("SelfCheck")) <= set(check)
+    assert check["backend"] == "interpolation" and check["used"] and check["passed"] and check["failure"] == ""
+    page = web.client.get(f"/series/{web.done_uid}").text
+    card = page[page.index('id="self-check"'):]
+    assert f'{check["consistency_db"]:.1f} dB' in card and "(sent)" in card and "passed" in card
+    bias = "no lungs found" if check["lung_bias_hu"] is None else f'{check["lung_bias_hu"]:+.1f} HU'
+    assert bias in card
+    assert "Not checked (yet)" in web.client.get(f"/series/{web.rejected_uid}").text
+
+
 def test_api_destinations(web: WebNode) -> None:
     body = {d["name"]: d for d in web.client.get("/api/destinations").json()}
     assert set(body) == {"pacs", "broken"}
@@ -292,6 +305,9 @@ def test_healthz_readyz_metrics(web: WebNode) -> None:
     assert "dicom_node_synthesis_seconds_bucket" in text and "dicom_node_disk_used_ratio" in text
     assert 'dicom_node_instances_received_total{outcome="new"}' in text
     assert 'dicom_node_associations{state="active"} 0.0' in text and "dicom_node_association_slots 32.0" in text
+    assert 'dicom_node_self_check_outcomes_total{outcome="passed"}' in text
+    assert 'dicom_node_self_checks_total{backend="interpolation",result="passed"}' in text
+    assert 'dicom_node_self_check_consistency_db_bucket{backend="interpolation",le="35.0"}' in text
 
 
 def test_readyz_says_why_it_is_not_ready(tmp_path: Path) -> None:
