@@ -122,7 +122,8 @@ def check_instances(datasets: list[Dataset], series_uid: str) -> None:
             raise _fail(series_uid, MIXED_SERIES, f"instance {ds.get('SOPInstanceUID')} belongs to another series")
 
 
-def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tuple[CTVolume, SourceSeries]:
+def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection, *,
+             spacing_range_mm: tuple[float, float]) -> tuple[CTVolume, SourceSeries]:
     """Build the HU volume, sorted along the slice normal, after every geometry check."""
     check_instances(datasets, series_uid)
     n = len(datasets)
@@ -185,9 +186,10 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
     if tilt_deg > cfg.max_tilt_deg:
         raise _fail(series_uid, GANTRY_TILT,
                     f"slices are stacked {tilt_deg:.2f} degrees off their normal (gantry tilt)")
-    if not cfg.min_spacing_mm <= median <= cfg.max_spacing_mm:
-        raise _fail(series_uid, SPACING_OUT_OF_RANGE,
-                    f"slice spacing {median:.3f} mm is outside {cfg.min_spacing_mm}-{cfg.max_spacing_mm} mm")
+    lo, hi = spacing_range_mm
+    if not lo <= median <= hi:
+        raise _fail(series_uid, SPACING_OUT_OF_RANGE, f"slice spacing {median:.3f} mm is outside {lo}-{hi} mm, the "
+                    "range of synth.backend (synth.min/max_input_spacing_mm)")
 
     hu = np.empty((n, rows, cols), dtype=np.float32)
     for k, ds in enumerate(datasets):

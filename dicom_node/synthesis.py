@@ -107,7 +107,8 @@ class SynthesisStage:
                 raise InvalidSeriesError(uid, OWN_OUTPUT, "this series was derived by this node")
             files = self._held_files(uid)
             self._check_room(uid, files)
-            volume, source = assemble(read_headers(files, uid), uid, self._cfg.series)
+            volume, source = assemble(read_headers(files, uid), uid, self._cfg.series,
+                                      spacing_range_mm=self._cfg.synth.spacing_range_mm)
             synth_started = time.monotonic()
             thin = self._synthesizer(volume, progress=_log_progress)
             synth_s = time.monotonic() - synth_started

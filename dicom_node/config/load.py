@@ -15,7 +15,7 @@ from dicom_node.config.destinations import DestinationSection, FolderDestination
 from dicom_node.config.node import NodeSection
 from dicom_node.config.sections import DatabaseSection, RetentionSection, SendSection, SeriesSection, WebSection
 from dicom_node.errors import ConfigError
-from synth.config import SynthConfig
+from synth.config import SR4ZCTConfig, SynthConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "node.toml"
 SECRET_WORDS = ("token", "password", "secret")    # option names whose values check-config never prints
@@ -33,6 +33,7 @@ class NodeConfig:
     destinations: tuple[DestinationSection, ...] = ()
     folder_destinations: tuple[FolderDestinationSection, ...] = ()
     source: str = ""                  # the file it came from, for messages
+    deprecations: tuple[str, ...] = ()   # deprecated keys used, with what they map onto (logged, check-config)
 
     @property
     def storage_dir(self) -> Path:
@@ -119,6 +120,30 @@ def _resolve_opt(base: Path, path: str) -> str:
     return _resolve(base, path) if path else ""
 
 
+def _synth_section(raw: Any, series: SeriesSection, where: str, base: Path) -> tuple[SynthConfig, tuple[str, ...]]:
+    """[synth] with its [synth.sr4zct] table; the deprecated [series] spacing keys mapped onto it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    flat = {k: v for k, v in raw.items() if k != "sr4zct"}
+    sub = _section(SR4ZCTConfig, raw.get("sr4zct", {}), f"{where}.sr4zct")
+    if sub.weights:
+        sub = dataclasses.replace(sub, weights=_resolve(base, sub.weights))
+    if flat.get("weights"):
+        flat["weights"] = _resolve(base, str(flat["weights"]))
+    notes: list[str] = []
+    if series.min_spacing_mm or series.max_spacing_mm:
+        legacy = dict(zip(("min_input_spacing_mm", "max_input_spacing_mm"), series.legacy_spacing_mm, strict=True))
+        for old, new in (("min_spacing_mm", "min_input_spacing_mm"), ("max_spacing_mm", "max_input_spacing_mm")):
+            if new in flat:
+                note = f"series.{old} is deprecated and ignored: synth.{new} is set"
+            else:
+                flat[new] = legacy[new]
+                note = f"series.{old} is deprecated: read as synth.{new} = {legacy[new]:g}"
+            notes.append(note + " (one spacing range per backend, reason spacing_out_of_range)")
+    synth = _section(SynthConfig, flat, where)
+    return dataclasses.replace(synth, sr4zct=sub), tuple(notes)
+
+
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
     known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
@@ -127,9 +152,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         raise ConfigError(f"{source}: unknown section(s) {unknown}")
     base = base_dir or Path.cwd()
     node = _node_section(raw.get("node", {}), f"{source}: node", base)
-    synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
-    if isinstance(synth_raw, dict) and synth_raw.get("weights"):
-        synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
+    series = _section(SeriesSection, raw.get("series", {}), f"{source}: series")
+    synth, deprecations = _synth_section(raw.get("synth", {}), series, f"{source}: synth", base)
     dests_raw = raw.get("destinations", [])
     folders_raw = raw.get("folder_destinations", [])
     for key, value in (("destinations", dests_raw), ("folder_destinations", folders_raw)):
@@ -152,8 +176,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
     cfg = NodeConfig(
         node=node,
-        series=_section(SeriesSection, raw.get("series", {}), f"{source}: series"),
-        synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        series=series,
+        synth=synth,
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
         retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
         database=_section(DatabaseSection, raw.get("database", {}), f"{source}: database"),
@@ -161,6 +185,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         destinations=dests,
         folder_destinations=folders,
         source=source,
+        deprecations=deprecations,
     )
     listen = node.listen
     if not listen.is_loopback and not listen.allowed_callers and not listen.allow_any_caller:
