@@ -134,12 +134,14 @@ def _synth_section(raw: Any, series: SeriesSection, where: str, base: Path) -> t
     if series.min_spacing_mm or series.max_spacing_mm:
         legacy = dict(zip(("min_input_spacing_mm", "max_input_spacing_mm"), series.legacy_spacing_mm, strict=True))
         for old, new in (("min_spacing_mm", "min_input_spacing_mm"), ("max_spacing_mm", "max_input_spacing_mm")):
+            given = bool(getattr(series, old))
             if new in flat:
                 note = f"series.{old} is deprecated and ignored: synth.{new} is set"
             else:
-                flat[new] = legacy[new]
+                flat[new] = legacy[new]     # both ends, a missing one at its old default, as before
                 note = f"series.{old} is deprecated: read as synth.{new} = {legacy[new]:g}"
-            notes.append(note + " (one spacing range per backend, reason spacing_out_of_range)")
+            if given:
+                notes.append(note + " (one spacing range per backend, reason spacing_out_of_range)")
     synth = _section(SynthConfig, flat, where)
     return dataclasses.replace(synth, sr4zct=sub), tuple(notes)
 
