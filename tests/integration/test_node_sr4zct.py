@@ -23,6 +23,7 @@ def test_real_8mm_series_is_processed_by_sr4zct(node_factory: NodeFactory, pacs:
     wait_until(lambda: len(pacs.received) == n_out, timeout_s=400, what=f"{n_out} derived instances")
     ds = pacs.received[0]
     assert float(ds.SliceThickness) == pytest.approx(1.6)
+    assert ds.SeriesDescription.startswith("SYNTH 1.6mm SR4ZCT NOT CLINICAL")       # never labelled CTHNet
     assert "NOT FOR CLINICAL USE" in ds.ImageComments and "not CTHNet" in ds.ImageComments
     summary = view(node.ledger, str(datasets[0].SeriesInstanceUID))
     assert summary is not None and summary.state != SeriesState.REJECTED

@@ -250,11 +250,6 @@ def real_ct_series(name: str, out_dir: Path, *, uid_salt: str = "") -> RealSerie
     return nrrd_to_dicom(volume_nrrd(name), out_dir, patient_id=f"RADIOMICS{name.upper()}", uid_salt=uid_salt)
 
 
-if __name__ == "__main__":  # python -m tests.support.realct lung2 OUTDIR: prefetch and convert
-    result = real_ct_series(sys.argv[1], Path(sys.argv[2]))
-    print(f"{result.slices} files in {sys.argv[2]}, series {result.series_uid}")
-
-
 SHARED_SERIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lung-pet-ct-dx"
 
 
@@ -269,3 +264,8 @@ def shared_series(name: str) -> list[Path]:
     if not folder.is_dir():
         pytest.skip(f"shared real CT series {name} is not at {folder}")
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+if __name__ == "__main__":  # python -m tests.support.realct lung2 OUTDIR: prefetch and convert
+    result = real_ct_series(sys.argv[1], Path(sys.argv[2]))
+    print(f"{result.slices} files in {sys.argv[2]}, series {result.series_uid}")

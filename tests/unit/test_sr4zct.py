@@ -18,7 +18,7 @@ from synth.sr4zct.degrade import degrade_rows, resample_rows, training_pair, ups
 from synth.sr4zct.fit import FitSettings
 from synth.sr4zct.net import NetSpec, SubPixelCNN
 from synth.sr4zct.pairs import Degradation, axial_pairs, split_heldout
-from synth.sr4zct.weights import SR4ZCTWeightsError, load, save
+from synth.sr4zct.weights import Pretrained, SR4ZCTWeightsError, load, save
 from synth.volume import CTVolume
 
 SMALL_FIT = FitSettings(batch=2, crop_rows=4, crop_cols=16)
@@ -98,11 +98,7 @@ def test_pairs_make_both_axes_the_first() -> None:
 
 
 def test_untrained_network_with_no_budget_is_exactly_bis() -> None:
-    pretrained_path = Path(__file__)  # unused; build in memory
-    del pretrained_path
     net = SubPixelCNN(NetSpec(channels=4, layers=3))
-    from synth.sr4zct.weights import Pretrained
-
     pre = Pretrained(spec=net.spec, state_dict=net.state_dict(), sha256="0" * 64, metadata={})
     vol = phantomish()
     out = SR4ZCTSynthesizer(pre, budget_s=0.0)(vol)
@@ -178,4 +174,4 @@ def test_bad_weights_are_named(tmp_path: Path) -> None:
     with pytest.raises(SR4ZCTWeightsError, match=r"cannot be read"):
         load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match=r"budget_s must be >= 0"):
-        SR4ZCTSynthesizer(load.__globals__["Pretrained"](NetSpec(), {}, "", {}), budget_s=-1.0)
+        SR4ZCTSynthesizer(Pretrained(NetSpec(), {}, "", {}), budget_s=-1.0)
