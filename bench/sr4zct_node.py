@@ -51,7 +51,11 @@ def main() -> int:
             while time.monotonic() < deadline and len(list(outbox.rglob("*.dcm"))) < expected:
                 time.sleep(0.2)
             total = time.monotonic() - started
-            done = len(list(outbox.rglob("*.dcm")))
+            files = sorted(outbox.rglob("*.dcm"))
+            done = len(files)
+            if files:
+                first = pydicom.dcmread(files[0], stop_before_pixels=True)
+                print(f"{first.SeriesDescription!r}; {first.DerivationDescription[:160]!r}")
         finally:
             node.stop(drain_s=5.0)
         print(f"{args.series}: {len(datasets)} x {datasets[0].Rows}x{datasets[0].Columns} in {sent:.1f} s; "
