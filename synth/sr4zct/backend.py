@@ -29,6 +29,7 @@ from synth.sr4zct.weights import SHIPPED, Pretrained, SR4ZCTWeightsError, load
 from synth.volume import CTVolume
 
 logger = logging.getLogger(__name__)
+MIN_SLICES_TO_FINETUNE = 3        # below this no axial image can be held out, so none is trained on
 CAUTION = ("NOT FOR CLINICAL USE: self-supervised SR4ZCT network (not CTHNet), pretrained on axial images of "
            "6 real CT series and fine-tuned on this series' own axial images")
 
@@ -108,11 +109,15 @@ class SR4ZCTSynthesizer:
     def _run(self, volume: CTVolume, start: float, progress: ProgressCallback | None) -> CTVolume:
         deg = Degradation(thickness_mm=volume.thickness_mm, interval_mm=volume.spacing_mm[0], factor=self.factor)
         pixel = (volume.spacing_mm[1], volume.spacing_mm[2])
-        train_idx, held_idx = split_heldout(volume.shape[0])
+        n = volume.shape[0]
+        if n >= MIN_SLICES_TO_FINETUNE:
+            train_idx, held_idx = split_heldout(n)
+        else:                     # too few to hold some out: the starting point as is, validated on all
+            train_idx, held_idx = np.arange(0, dtype=np.int64), np.arange(n, dtype=np.int64)
         net = self.pretrained.fresh_net()               # never the previous series' fine-tuned state
         torch.manual_seed(self.seed)
         finetune_s, steps = 0.0, 0
-        if self.budget_s > 0:
+        if self.budget_s > 0 and len(train_idx):
             deadline = start + self.budget_s
             pairs: list[Pair] = []                    # made one image at a time, within half the budget
             for i in np.random.default_rng(self.seed).permutation(train_idx):

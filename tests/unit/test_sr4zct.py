@@ -175,3 +175,11 @@ def test_bad_weights_are_named(tmp_path: Path) -> None:
         load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match=r"budget_s must be >= 0"):
         SR4ZCTSynthesizer(Pretrained(NetSpec(), {}, "", {}), budget_s=-1.0)
+
+
+def test_two_slices_use_the_starting_point_validated_on_both(weights: Path) -> None:
+    vol = phantomish(z=2)
+    out = SR4ZCTSynthesizer(load(weights), budget_s=5.0, fit_settings=SMALL_FIT)(vol)
+    assert out.shape[0] == 6
+    assert out.figures["finetune_steps"] == 0 and out.figures["heldout_images"] == 2
+    assert out.figures["finetune_s"] == 0.0
