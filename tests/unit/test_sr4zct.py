@@ -183,3 +183,18 @@ def test_two_slices_use_the_starting_point_validated_on_both(weights: Path) -> N
     assert out.shape[0] == 6
     assert out.figures["finetune_steps"] == 0 and out.figures["heldout_images"] == 2
     assert out.figures["finetune_s"] == 0.0
+
+
+def test_overlapping_series_is_degraded_with_its_thickness(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Degradation] = []
+    real = backend_module.axial_pairs
+
+    def spy(axial: np.ndarray, **kw: object) -> object:
+        seen.append(kw["deg"])  # type: ignore[arg-type]
+        return real(axial, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend_module, "axial_pairs", spy)
+    vol = CTVolume(phantomish(z=9).hu, (2.5, 0.8, 0.8), slice_thickness_mm=5.0)   # 5 mm every 2.5 mm
+    out = SR4ZCTSynthesizer(load(weights), budget_s=0.3, fit_settings=SMALL_FIT)(vol)
+    assert set(seen) == {Degradation(thickness_mm=5.0, interval_mm=2.5, factor=5)}
+    assert out.spacing_mm == (0.5, 0.8, 0.8) and out.shape[0] == 41
