@@ -146,6 +146,8 @@ class Node:
                 self.stop(drain_s=1.0)
                 listen = self.cfg.node.listen
                 raise StartupError(listen_error("node.port", listen.host, listen.port, exc)) from exc
+        for deprecation in self.cfg.deprecations:
+            logger.warning("config %s: %s", self.cfg.source, deprecation)
         logger.info("node %s started: backend %s, %d destination(s)%s", self.owner,
                     self.synthesizer.identity.backend, len(self.cfg.destination_names()),
                     "" if self.scp is not None else ", worker only (not receiving)")

@@ -122,7 +122,8 @@ def check_instances(datasets: list[Dataset], series_uid: str) -> None:
             raise _fail(series_uid, MIXED_SERIES, f"instance {ds.get('SOPInstanceUID')} belongs to another series")
 
 
-def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tuple[CTVolume, SourceSeries]:
+def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection, *,
+             spacing_range_mm: tuple[float, float]) -> tuple[CTVolume, SourceSeries]:
     """Build the HU volume, sorted along the slice normal, after every geometry check."""
     check_instances(datasets, series_uid)
     _check_count(len(datasets), series_uid, cfg)
@@ -130,7 +131,7 @@ def assemble(datasets: list[Dataset], series_uid: str, cfg: SeriesSection) -> tu
     frame_uid = _frame_of_reference(datasets, series_uid)
     rows, cols = _matrix(datasets, series_uid)
     pixel_spacing = _pixel_spacing(datasets, series_uid)
-    datasets, positions, median = _stack(datasets, normal, series_uid, cfg)
+    datasets, positions, median = _stack(datasets, normal, series_uid, cfg, spacing_range_mm)
     hu = _hu_volume(datasets, rows, cols, series_uid)
     source = SourceSeries(
         series_uid=series_uid,
@@ -204,8 +205,8 @@ def _pixel_spacing(datasets: list[Dataset], series_uid: str) -> npt.NDArray[np.f
     return pixel_spacing
 
 
-def _stack(datasets: list[Dataset], normal: npt.NDArray[np.float64], series_uid: str,
-           cfg: SeriesSection) -> tuple[list[Dataset], npt.NDArray[np.float64], float]:
+def _stack(datasets: list[Dataset], normal: npt.NDArray[np.float64], series_uid: str, cfg: SeriesSection,
+           spacing_range_mm: tuple[float, float]) -> tuple[list[Dataset], npt.NDArray[np.float64], float]:
     """Sort along the normal and check the stack: (sorted datasets, their positions, median spacing)."""
     positions = np.stack([_floats(ds, "ImagePositionPatient", 3, series_uid) for ds in datasets])
     along = positions @ normal
@@ -227,9 +228,10 @@ def _stack(datasets: list[Dataset], normal: npt.NDArray[np.float64], series_uid:
     if tilt_deg > cfg.max_tilt_deg:
         raise _fail(series_uid, GANTRY_TILT,
                     f"slices are stacked {tilt_deg:.2f} degrees off their normal (gantry tilt)")
-    if not cfg.min_spacing_mm <= median <= cfg.max_spacing_mm:
-        raise _fail(series_uid, SPACING_OUT_OF_RANGE,
-                    f"slice spacing {median:.3f} mm is outside {cfg.min_spacing_mm}-{cfg.max_spacing_mm} mm")
+    lo, hi = spacing_range_mm
+    if not lo <= median <= hi:
+        raise _fail(series_uid, SPACING_OUT_OF_RANGE, f"slice spacing {median:.3f} mm is outside {lo}-{hi} mm, the "
+                    "range of synth.backend (synth.min/max_input_spacing_mm)")
     return datasets, positions, median
 
 

@@ -154,6 +154,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(f"config error: {cfg.source}: {problem}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG
+    for deprecation in cfg.deprecations:
+        print(f"warning: {cfg.source}: {deprecation}")
     note = " (a node is running on this storage_dir: its ports were not probed)" if running else ""
     print(f"# {cfg.source}: valid{note}")
     print(json.dumps(to_dict(cfg), indent=2))

@@ -64,12 +64,15 @@ def report_series(cfg: NodeConfig, series: FoundSeries, calling_ae: str | None, 
     uid = series.series_uid
     print(f"series {uid} ({len(series.files)} file(s))", file=out)
     try:
-        _volume, source = assemble(read_headers(sorted(series.files), uid), uid, cfg.series)
+        _volume, source = assemble(read_headers(sorted(series.files), uid), uid, cfg.series,
+                                   spacing_range_mm=cfg.assembly_spacing_mm())
     except InvalidSeriesError as exc:
         print(f"  selection: rejected ({exc.reason}): {exc.detail}", file=out)
         return "rejected"
     print(f"  selection: accepted ({len(source.sop_uids)} slices at {source.spacing_mm:.2f} mm)", file=out)
     if not cfg.rules:
+        if not _spacing_fits(cfg, cfg.synth.backend, source.spacing_mm, out):
+            return "rejected"
         print(f"  no [[rules]]: every destination ({', '.join(cfg.destination_names()) or 'none'}); "
               f"backend {cfg.synth.backend}", file=out)
         return ""
@@ -80,9 +83,20 @@ def report_series(cfg: NodeConfig, series: FoundSeries, calling_ae: str | None, 
         print("  -> no rule holds: the series would be kept as no_rule", file=out)
         return "no_rule"
     rule = routing.rule
-    print(f"  -> rule {rule.name}: destinations {', '.join(rule.destinations)}; "
-          f"backend {rule.backend or cfg.synth.backend}", file=out)
+    backend = rule.backend or cfg.synth.backend
+    print(f"  -> rule {rule.name}: destinations {', '.join(rule.destinations)}; backend {backend}", file=out)
+    if not _spacing_fits(cfg, backend, source.spacing_mm, out):
+        return "rejected"
     return rule.name
+
+
+def _spacing_fits(cfg: NodeConfig, backend: str, spacing_mm: float, out: TextIO) -> bool:
+    lo, hi = cfg.synth.spacing_range_for(backend)
+    if lo <= spacing_mm <= hi:
+        return True
+    print(f"  selection: rejected (spacing_out_of_range): slice spacing {spacing_mm:.3f} mm is outside "
+          f"{lo}-{hi} mm, the range of backend {backend}", file=out)
+    return False
 
 
 def dry_run(cfg: NodeConfig, paths: Sequence[Path], *, calling_ae: str | None, out: TextIO) -> int:

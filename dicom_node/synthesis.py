@@ -31,7 +31,7 @@ from typing import Literal
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicom_node.assemble import IRREGULAR_SPACING, TOO_FEW_SLICES, assemble, read_headers
+from dicom_node.assemble import IRREGULAR_SPACING, SPACING_OUT_OF_RANGE, TOO_FEW_SLICES, assemble, read_headers
 from dicom_node.config import NodeConfig
 from dicom_node.disk import DiskGuard, derived_bytes_estimate
 from dicom_node.errors import InvalidSeriesError
@@ -131,6 +131,7 @@ class SynthesisStage:
         self._notify: Notify = notify or (lambda _event, _uid: None)
         self._pending = PendingWrite()
         self._gates = {name: _gate(cfg, s) for name, s in self._synthesizers.items()}
+        self._assembly_range = cfg.assembly_spacing_mm()
 
     def step(self) -> float | None:
         self._pending.run()
@@ -179,9 +180,9 @@ class SynthesisStage:
             self._check_room(uid, files)
             datasets = read_headers(files, uid)
             facts = series_facts(datasets[0]) if datasets else None
-            volume, source = assemble(datasets, uid, self._cfg.series)
+            volume, source = assemble(datasets, uid, self._cfg.series, spacing_range_mm=self._assembly_range)
             facts = series_facts(source.header)
-            decision = self._decide(claim, source.header, facts)
+            decision = self._decide(claim, source.header, facts, spacing_mm=source.spacing_mm)
             if isinstance(decision, Settled):
                 return decision
             synthesizer, gate = self._synthesizers[decision.backend], self._gates[decision.backend]
@@ -220,8 +221,10 @@ class SynthesisStage:
                     checked.check.summary(), time.monotonic() - started)
         return Derived(derived, facts, decision, checked.checks, outcome)
 
-    def _decide(self, claim: SeriesClaim, header: Dataset, facts: SeriesFacts) -> RouteChoice | Settled:
-        """The rule that routes the series (or `no_rule`), then skip_if_thin (or `thin_series_exists`)."""
+    def _decide(self, claim: SeriesClaim, header: Dataset, facts: SeriesFacts, *,
+                spacing_mm: float) -> RouteChoice | Settled:
+        """The rule that routes the series (or `no_rule`), its backend's spacing range, then skip_if_thin
+        (or `thin_series_exists`)."""
         if not self._cfg.rules:
             choice = RouteChoice("", tuple(self._cfg.destination_names()), self._cfg.synth.backend)
         else:
@@ -232,6 +235,11 @@ class SynthesisStage:
                                facts, None)
             choice = RouteChoice(routing.rule.name, routing.rule.destinations,
                                  routing.rule.backend or self._cfg.synth.backend)
+        lo, hi = self._cfg.synth.spacing_range_for(choice.backend)
+        if not lo <= spacing_mm <= hi:
+            raise InvalidSeriesError(claim.series_uid, SPACING_OUT_OF_RANGE,
+                                     f"slice spacing {spacing_mm:.3f} mm is outside {lo}-{hi} mm, the range of "
+                                     f"backend {choice.backend} (synth.min/max_input_spacing_mm)")
         skip = self._cfg.series.skip_if_thin
         if skip is None or header.get("Modality") != "CT":
             return choice

@@ -24,9 +24,16 @@ def _cthnet(cfg: SynthConfig) -> Synthesizer:
     return CTHNetSynthesizer.from_config(cfg)
 
 
+def _sr4zct(cfg: SynthConfig) -> Synthesizer:
+    from synth.sr4zct.backend import SR4ZCTSynthesizer
+
+    return SR4ZCTSynthesizer.from_config(cfg)
+
+
 FACTORIES: dict[str, Callable[[SynthConfig], Synthesizer]] = {
     "interpolation": _interpolation,
     "cthnet": _cthnet,
+    "sr4zct": _sr4zct,
 }
 
 

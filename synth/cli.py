@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate-thick": ("synth.research.simulate_cli", "make a thick-slice volume from a thin one"),
     "phantom": ("synth.research.phantom_cli", "generate synthetic 1-mm chest phantoms"),
     "train": ("synth.research.train_cli", "train CTHNet on paired or simulated data"),
+    "sr4zct-pretrain": ("synth.research.sr4zct_pretrain", "pretrain the sr4zct starting point on real CT axial images"),
     "evaluate": ("synth.research.evaluate_cli", "evaluate a model against BIS and write a report"),
 }
 

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 class UnsupportedSpacingError(SynthesisRefusedError):
     """The input slice spacing is outside the range the model is applied to."""
 
-    reason = "unsupported_spacing"
+    reason = "spacing_out_of_range"
 
     def __init__(self, spacing_mm: float, min_mm: float, max_mm: float, ratio: int) -> None:
         super().__init__(
@@ -119,7 +119,7 @@ class CTHNetSynthesizer:
         return cls(model, weights_sha256=weights.sha256, name=name, caution=caution, device=str(device),
                    precision=precision, chunk_tokens=chunk_tokens,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
-                   min_spacing_mm=cfg.min_input_spacing_mm, max_spacing_mm=cfg.max_input_spacing_mm)
+                   min_spacing_mm=cfg.spacing_range_mm[0], max_spacing_mm=cfg.spacing_range_mm[1])
 
     def plan(self, shape: tuple[int, int, int]) -> VolumePlan:
         s = self.spec

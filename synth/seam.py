@@ -43,7 +43,7 @@ class SynthIdentity:
     `is_model` is True only for a learned model: an interpolation is never labelled as the model.
     """
 
-    backend: str                 # "interpolation" | "cthnet"
+    backend: str                 # "interpolation" | "cthnet" | "sr4zct"
     name: str                    # human-readable, e.g. "B-spline interpolation (BIS baseline)"
     version: str                 # software version of the backend
     weights_sha256: str = ""     # empty when the backend has no weights

@@ -30,7 +30,7 @@ from dicom_node.config.sections import (
 )
 from dicom_node.config.webhooks import WebhookSection
 from dicom_node.errors import ConfigError
-from synth.config import SynthConfig
+from synth.config import SR4ZCTConfig, SynthConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "node.toml"
 SELF_CHECK_KEYS = tuple(f.name for f in dataclasses.fields(SelfCheckSection))   # [synth] keys the node owns
@@ -53,6 +53,7 @@ class NodeConfig:
     rules: tuple[RuleSection, ...] = ()       # empty: every series goes to every destination
     webhooks: tuple[WebhookSection, ...] = ()
     source: str = ""                  # the file it came from, for messages
+    deprecations: tuple[str, ...] = ()   # deprecated keys used, with what they map onto (logged, check-config)
 
     @property
     def storage_dir(self) -> Path:
@@ -76,6 +77,12 @@ class NodeConfig:
             if rule.backend and rule.backend not in names:
                 names.append(rule.backend)
         return names
+
+    def assembly_spacing_mm(self) -> tuple[float, float]:
+        """The slice spacing assembly accepts: what any backend in use accepts. The routed backend's own
+        range (`synth.spacing_range_for`) is checked once the rule is known."""
+        ranges = [self.synth.spacing_range_for(name) for name in self.backends()]
+        return (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
 
 
 T = TypeVar("T")
@@ -147,6 +154,32 @@ def _resolve_opt(base: Path, path: str) -> str:
     return _resolve(base, path) if path else ""
 
 
+def _synth_section(raw: Any, series: SeriesSection, where: str, base: Path) -> tuple[SynthConfig, tuple[str, ...]]:
+    """[synth] with its [synth.sr4zct] table; the deprecated [series] spacing keys mapped onto it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    flat = {k: v for k, v in raw.items() if k != "sr4zct"}
+    sub = _section(SR4ZCTConfig, raw.get("sr4zct", {}), f"{where}.sr4zct")
+    if sub.weights:
+        sub = dataclasses.replace(sub, weights=_resolve(base, sub.weights))
+    if flat.get("weights"):
+        flat["weights"] = _resolve(base, str(flat["weights"]))
+    notes: list[str] = []
+    if series.min_spacing_mm or series.max_spacing_mm:
+        legacy = dict(zip(("min_input_spacing_mm", "max_input_spacing_mm"), series.legacy_spacing_mm, strict=True))
+        for old, new in (("min_spacing_mm", "min_input_spacing_mm"), ("max_spacing_mm", "max_input_spacing_mm")):
+            given = bool(getattr(series, old))
+            if new in flat:
+                note = f"series.{old} is deprecated and ignored: synth.{new} is set"
+            else:
+                flat[new] = legacy[new]     # both ends, a missing one at its old default, as before
+                note = f"series.{old} is deprecated: read as synth.{new} = {legacy[new]:g}"
+            if given:
+                notes.append(note + " (one spacing range per backend, reason spacing_out_of_range)")
+    synth = _section(SynthConfig, flat, where)
+    return dataclasses.replace(synth, sr4zct=sub), tuple(notes)
+
+
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document. Relative paths are resolved against `base_dir`."""
     known = {"node", "series", "synth", "send", "retention", "database", "web", "destinations",
@@ -155,11 +188,11 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         raise ConfigError(f"{source}: unknown section(s) {unknown}")
     base = base_dir or Path.cwd()
     node = _node_section(raw.get("node", {}), f"{source}: node", base)
+    series = _series_section(raw.get("series", {}), f"{source}: series")
     synth_raw = dict(raw.get("synth", {})) if isinstance(raw.get("synth", {}), dict) else raw.get("synth")
     check_raw = {key: synth_raw.pop(key) for key in SELF_CHECK_KEYS if key in synth_raw} \
         if isinstance(synth_raw, dict) else {}
-    if isinstance(synth_raw, dict) and synth_raw.get("weights"):
-        synth_raw["weights"] = _resolve(base, str(synth_raw["weights"]))
+    synth, deprecations = _synth_section(synth_raw, series, f"{source}: synth", base)
     dests_raw = raw.get("destinations", [])
     folders_raw = raw.get("folder_destinations", [])
     web_raw = raw.get("dicomweb_destinations", [])
@@ -191,8 +224,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         raise ConfigError(f"{source}: destination names must be unique, repeated: {dupes}")
     cfg = NodeConfig(
         node=node,
-        series=_series_section(raw.get("series", {}), f"{source}: series"),
-        synth=_section(SynthConfig, synth_raw, f"{source}: synth"),
+        series=series,
+        synth=synth,
         self_check=_section(SelfCheckSection, check_raw, f"{source}: synth"),
         send=_section(SendSection, raw.get("send", {}), f"{source}: send"),
         retention=_section(RetentionSection, raw.get("retention", {}), f"{source}: retention"),
@@ -203,6 +236,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
         dicomweb_destinations=webs,
         webhooks=_webhooks(raw.get("webhooks", []), source, base),
         source=source,
+        deprecations=deprecations,
     )
     # Rules and skip_if_thin name destinations: looked up through all_destinations(), so every kind joins.
     cfg = dataclasses.replace(cfg, rules=parse_rules(raw.get("rules", []), source, cfg.destination_names()))

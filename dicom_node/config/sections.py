@@ -34,8 +34,8 @@ class SkipIfThinSection:
 @dataclass(frozen=True, slots=True)
 class SeriesSection:
     quiet_period_s: float = 10.0
-    min_spacing_mm: float = 4.0
-    max_spacing_mm: float = 6.0
+    min_spacing_mm: float = 0.0       # deprecated (0 = unset): mapped onto synth.min_input_spacing_mm
+    max_spacing_mm: float = 0.0       # deprecated (0 = unset): mapped onto synth.max_input_spacing_mm
     spacing_tolerance: float = 0.05   # relative deviation of one gap from the median gap
     max_tilt_deg: float = 0.5         # angle between the slice normal and the stacking direction
     min_slices: int = 2
@@ -48,9 +48,11 @@ class SeriesSection:
         check_positive_upto("series.quiet_period_s", self.quiet_period_s, MAX_PERIOD_S, "one day")
         if not 0 <= self.refused_wait_s <= 7 * 86400:
             raise ValueError(f"series.refused_wait_s must be in [0, 604800] s, got {self.refused_wait_s}")
-        if not 0 < self.min_spacing_mm <= self.max_spacing_mm:
-            raise ValueError("series.min_spacing_mm must be positive and not above series.max_spacing_mm, "
-                             f"got {self.min_spacing_mm} and {self.max_spacing_mm}")
+        if self.min_spacing_mm or self.max_spacing_mm:
+            lo, hi = self.legacy_spacing_mm
+            if not 0 < lo <= hi:
+                raise ValueError("series.min_spacing_mm must be positive and not above series.max_spacing_mm, "
+                                 f"got {lo} and {hi}")
         if not 0 < self.spacing_tolerance < 0.5:
             raise ValueError(f"series.spacing_tolerance must be in (0, 0.5), got {self.spacing_tolerance}")
         if not 0 <= self.max_tilt_deg < 45:
@@ -61,6 +63,15 @@ class SeriesSection:
         if not 0 <= self.series_number_offset < 100000:
             raise ValueError(f"series.series_number_offset must be in [0, 100000), got "
                              f"{self.series_number_offset}")
+
+
+    @property
+    def legacy_spacing_mm(self) -> tuple[float, float]:
+        """The deprecated [series] range, a missing end at its old default (4 and 6 mm)."""
+        return (self.min_spacing_mm or LEGACY_SPACING_MM[0], self.max_spacing_mm or LEGACY_SPACING_MM[1])
+
+
+LEGACY_SPACING_MM = (4.0, 6.0)
 
 
 CHECK_FAIL_POLICIES = ("fallback", "reject")

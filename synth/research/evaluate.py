@@ -42,6 +42,7 @@ class CaseScore:
     psnr_db: float           # nan without truth
     ssim: float              # nan without truth
     consistency_db: float    # re-thickened output vs the thick input
+    offaxis_db: float = math.nan   # off-axis validation on held-out axial images (sr4zct; BIS alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,17 @@ def _views(case: EvalCase, volumes: Mapping[str, CTVolume]) -> Views:
     return Views(case.name, coronal, sagittal, dz, case.thick.spacing_mm[2])
 
 
+def _offaxis(name: str, out: CTVolume, outputs: Mapping[str, CTVolume]) -> float:
+    """A method's own off-axis PSNR; BIS gets the one an sr4zct run measured for it on the same images."""
+    if "offaxis_psnr_db" in out.figures:
+        return float(out.figures["offaxis_psnr_db"])
+    if name == BASELINE:
+        for other in outputs.values():
+            if "offaxis_bis_psnr_db" in other.figures:
+                return float(other.figures["offaxis_bis_psnr_db"])
+    return math.nan
+
+
 def evaluate(
     cases: Sequence[EvalCase],
     synthesizers: Mapping[str, Synthesizer],
@@ -135,7 +147,8 @@ def evaluate(
                 )
             p = psnr(case.thin.hu, out.hu) if case.thin is not None else math.nan
             s = ssim(case.thin.hu, out.hu) if case.thin is not None else math.nan
-            result.scores.append(CaseScore(case.name, name, p, s, data_consistency_psnr(case.thick, out)))
+            result.scores.append(CaseScore(case.name, name, p, s, data_consistency_psnr(case.thick, out),
+                                           _offaxis(name, out, outputs)))
         if case.nodules is not None:
             shown = {THICK: case.thick, **outputs}
             if case.thin is not None:

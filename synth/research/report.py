@@ -17,7 +17,8 @@ import numpy.typing as npt
 from synth.research.evaluate import BASELINE, THICK, TRUTH, Evaluation, Views
 
 LUNG_WINDOW = (-600.0, 1500.0)          # level, width (HU)
-METRICS = (("psnr_db", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("consistency_db", "Data consistency PSNR (dB)", 2))
+METRICS = (("psnr_db", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("consistency_db", "Data consistency PSNR (dB)", 2),
+           ("offaxis_db", "Off-axis validation PSNR (dB, held-out axial images)", 2))
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -50,10 +51,10 @@ def table(evaluation: Evaluation) -> list[str]:
 
 
 def per_case_table(evaluation: Evaluation) -> list[str]:
-    lines = ["| case | method | PSNR (dB) | SSIM | consistency (dB) |", "|---|---|---|---|---|"]
+    lines = ["| case | method | PSNR (dB) | SSIM | consistency (dB) | off-axis (dB) |", "|---|---|---|---|---|---|"]
     for s in evaluation.scores:
         lines.append(f"| {s.case} | {s.method} | {_fmt(s.psnr_db, 2)} | {_fmt(s.ssim, 4)} | "
-                     f"{_fmt(s.consistency_db, 2)} |")
+                     f"{_fmt(s.consistency_db, 2)} | {_fmt(s.offaxis_db, 2)} |")
     return lines
 
 

@@ -49,8 +49,8 @@ def test_cthnet_backend_in_the_node(node_factory: NodeFactory, pacs: CollectingS
 
     wait_until(lambda: state() == SeriesState.REJECTED, timeout_s=60, what="rejection")
     summary = view(node.ledger, uid)
-    assert summary is not None and summary.reason == "unsupported_spacing"
-    assert "4.2 mm is outside 4.5-6 mm" in summary.detail
+    assert summary is not None and summary.reason == "spacing_out_of_range"     # refused at assembly now
+    assert "4.200 mm is outside 4.5-6.0 mm" in summary.detail
 
 
 def test_cthnet_backend_out_of_the_box_says_not_for_clinical_use(node_factory: NodeFactory,

@@ -298,11 +298,11 @@ def write_node_config(
         "",
         "[series]",
         f"quiet_period_s = {quiet_period_s:g}",
-        "min_spacing_mm = 4.0",
-        "max_spacing_mm = 6.0",
         "",
         "[synth]",
         'backend = "interpolation"',
+        "min_input_spacing_mm = 4.0",         # was [series] min/max_spacing_mm (deprecated)
+        "max_input_spacing_mm = 6.0",
         "",
         "[send]",
         f"timeout_s = {send_timeout_s:g}",

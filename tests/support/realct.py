@@ -250,6 +250,22 @@ def real_ct_series(name: str, out_dir: Path, *, uid_salt: str = "") -> RealSerie
     return nrrd_to_dicom(volume_nrrd(name), out_dir, patient_id=f"RADIOMICS{name.upper()}", uid_salt=uid_salt)
 
 
+SHARED_SERIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lung-pet-ct-dx"
+
+
+def shared_series(name: str) -> list[Path]:
+    """The files of one series in ../shared/data/lung-pet-ct-dx (read in place, never copied into the repo).
+
+    Skips the calling test when the shared folder is absent (a checkout without it).
+    """
+    import pytest
+
+    folder = SHARED_SERIES / name
+    if not folder.is_dir():
+        pytest.skip(f"shared real CT series {name} is not at {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 if __name__ == "__main__":  # python -m tests.support.realct lung2 OUTDIR: prefetch and convert
     result = real_ct_series(sys.argv[1], Path(sys.argv[2]))
     print(f"{result.slices} files in {sys.argv[2]}, series {result.series_uid}")

@@ -13,6 +13,7 @@ from dicom_node.errors import InvalidSeriesError
 from tests.support.ct_series import make_ct_series, position_mm, sorted_by_position
 
 CFG = SeriesSection()
+SPACING_MM = (4.0, 6.0)       # the accepted range now comes from the backend (synth.spacing_range_mm)
 
 
 def roundtrip(datasets: list[Dataset]) -> list[Dataset]:
@@ -28,7 +29,7 @@ def roundtrip(datasets: list[Dataset]) -> list[Dataset]:
 
 def run(datasets: list[Dataset], cfg: SeriesSection = CFG):  # type: ignore[no-untyped-def]
     datasets = roundtrip(datasets)
-    return assemble(datasets, str(datasets[0].SeriesInstanceUID), cfg)
+    return assemble(datasets, str(datasets[0].SeriesInstanceUID), cfg, spacing_range_mm=SPACING_MM)
 
 
 def test_shuffled_series_is_sorted_along_normal_with_rescale_applied() -> None:
@@ -106,7 +107,7 @@ def test_undecodable_pixels_is_a_named_reason() -> None:
     series = roundtrip(make_ct_series(slices=3))
     series[1].PixelData = b"\x00" * 10
     with pytest.raises(InvalidSeriesError, match=r"instance .*: ValueError") as info:
-        assemble(series, str(series[0].SeriesInstanceUID), CFG)
+        assemble(series, str(series[0].SeriesInstanceUID), CFG, spacing_range_mm=SPACING_MM)
     assert info.value.reason == "undecodable_pixels"
 
 
@@ -125,7 +126,7 @@ def test_wrong_length_value_and_bad_rescale_are_named() -> None:
     series = roundtrip(make_ct_series(slices=3))
     series[2].RescaleSlope = "0"
     with pytest.raises(InvalidSeriesError, match=r"rescale slope 0.0 / intercept -1024.0 is unusable") as info:
-        assemble(series, str(series[0].SeriesInstanceUID), CFG)
+        assemble(series, str(series[0].SeriesInstanceUID), CFG, spacing_range_mm=SPACING_MM)
     assert info.value.reason == "undecodable_pixels"
 
 

@@ -45,7 +45,7 @@ def _synthesizer(backend: str) -> Synthesizer:
 def derived_json(backend: str, out_dir: Path) -> list[dict[str, Any]]:
     datasets = make_ct_series(slices=3, rows=32, cols=32, seed=4242, noise_hu=20.0)
     series_uid = str(datasets[0].SeriesInstanceUID)
-    volume, source = assemble(datasets, series_uid, SeriesSection())
+    volume, source = assemble(datasets, series_uid, SeriesSection(), spacing_range_mm=(4.0, 6.0))
     synthesizer = _synthesizer(backend)
     thin = synthesizer(volume)
     spool = Spool(out_dir, fsync=False)

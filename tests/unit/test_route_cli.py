@@ -98,3 +98,21 @@ def test_route_without_rules_says_every_destination(tmp_path: Path, capsys: pyte
     write_series(tmp_path / "in", kernel="B", patient_id="P1")
     assert main(["route", "--config", str(path), str(tmp_path / "in")]) == 0
     assert "no [[rules]]: every destination (pacs, cad); backend interpolation" in capsys.readouterr().out
+
+
+def test_route_checks_the_routed_backend_s_spacing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nstorage_dir = "{tmp_path / "var"}"\n\n[[folder_destinations]]\nname = "pacs"\n'
+                      f'path = "{tmp_path / "var" / "pacs"}"\n\n[[rules]]\nname = "to-cthnet"\n'
+                      'match = { ConvolutionKernel = "^B$" }\nbackend = "cthnet"\ndestinations = ["pacs"]\n')
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, ds in enumerate(make_ct_series(slices=3, rows=16, cols=16, spacing_mm=8.0)):
+        ds.ConvolutionKernel = "B"
+        pydicom.dcmwrite(folder / f"IM{i}.dcm", ds, enforce_file_format=True)
+    assert main(["route", "--config", str(config), str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "selection: accepted (3 slices at 8.00 mm)" in out          # interpolation, the [synth] default, takes it
+    assert "-> rule to-cthnet: destinations pacs; backend cthnet" in out
+    assert ("selection: rejected (spacing_out_of_range): slice spacing 8.000 mm is outside 4.0-6.0 mm, "
+            "the range of backend cthnet") in out

@@ -229,3 +229,23 @@ def test_migration_0004_downgrades(tmp_path: Path, target: str) -> None:
         columns = [row[1] for row in conn.exec_driver_sql("PRAGMA table_info(series)")]
         sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'series'").scalar_one()
     assert "rule" not in columns and "slice_thickness_mm" not in columns and "state VARCHAR(16)" in sql
+
+
+def test_the_routed_backend_s_own_spacing_range_decides(tmp_path: Path) -> None:
+    """An 8-mm series: interpolation (1.5-10 mm) takes it; a rule that routes it to cthnet (4-6 mm) keeps
+    it rejected with the one spacing reason, naming the backend."""
+    other = Counting()
+    rig = Rig(tmp_path, [{"name": "sharp", "match": {"SeriesDescription": "SHARP"}, "backend": "cthnet",
+                          "destinations": ["cad"]},
+                         {"name": "rest", "destinations": ["pacs"]}], synthesizers={"cthnet": other})
+    assert rig.cfg.assembly_spacing_mm() == (1.5, 10.0)
+    sharp = receive(rig.ledger, rig.spool, description="SHARP 8mm", spacing_mm=8.0)
+    rig.stage.step()
+    refused = view(rig.ledger, sharp)
+    assert refused is not None and refused.state == SeriesState.REJECTED
+    assert refused.reason == "spacing_out_of_range" and other.calls == 0
+    assert "outside 4.0-6.0 mm, the range of backend cthnet" in refused.detail
+    soft = receive(rig.ledger, rig.spool, description="SOFT 8mm", spacing_mm=8.0)
+    rig.stage.step()
+    taken = view(rig.ledger, soft)
+    assert taken is not None and taken.state == SeriesState.SENDING and taken.rule == "rest"
