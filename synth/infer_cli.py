@@ -44,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output voxel type (int16 is rounded HU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="run Swin blocks in place on chunks of this many tokens (CPU; best with --threads 1 "
-                             "on a busy machine, see bench/README.md)")
+                        help="run Swin blocks in place on chunks of this many tokens (default: 4096 on CPU, "
+                             "whole tensors on CUDA; see bench/README.md)")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="CPU: windows computed at once, one thread each (default: one per usable core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads must be at least 1, got {args.threads}")
             torch.set_num_threads(args.threads)                        # this process is ours alone
-        synthesizer = CTHNetSynthesizer.from_config(cfg, precision=args.precision, chunk_tokens=args.chunk_tokens)
+        synthesizer = CTHNetSynthesizer.from_config(cfg, precision=args.precision, chunk_tokens=args.chunk_tokens,
+                                                    cpu_workers=args.cpu_workers)
     except (InputError, CheckpointError, DeviceUnavailableError, ValueError) as exc:
         return _fail(str(exc))
 
