@@ -51,7 +51,10 @@ LUNG2 = Path("/work/pr/pyradiomics-3.0.1/data/lung2_image.nrrd")
 Synth = Callable[[CTVolume], CTVolume]
 
 
-def load_volume(path: Path | None) -> tuple[CTVolume, str]:
+def load_volume(path: Path | None, shape: tuple[int, int, int] | None = None) -> tuple[CTVolume, str]:
+    if shape is not None:
+        rng = np.random.default_rng(0)
+        return CTVolume(rng.uniform(-1000, 1000, shape).astype(np.float32), (5.0, 0.7, 0.7)), f"random {shape}"
     if path is not None and path.exists():
         import SimpleITK as sitk
 
@@ -146,6 +149,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--volume", type=Path, default=LUNG2, help="thick volume (NRRD/NIfTI); random if missing")
+    parser.add_argument("--shape", default=None, help="Z,Y,X: a random volume of this shape instead (smoke runs)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timed runs of each method")
     parser.add_argument("--legacy-crop", type=int, default=0, help="CPU: also time the pre-issue-14 engine on NxN")
     parser.add_argument("--official", action="store_true", help="also the official-size spec (default on CUDA)")
@@ -159,7 +163,8 @@ def main() -> int:
     device = engine.device
     if device.type != "cuda":
         engine.batch_size = 1
-    volume, source = load_volume(args.volume)
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+    volume, source = load_volume(args.volume, shape)  # type: ignore[arg-type]
     result: dict[str, Any] = {"machine": machine(device), "volume": source, "shape": list(volume.shape),
                               "repeats": args.repeats, "device": str(device)}
     interp = InterpolationSynthesizer(5)

@@ -209,7 +209,7 @@ class CTHNet(nn.Module):
         w2, b2 = last.weight.view(last.out_channels, first.out_channels), last.bias[:, None]
         flat = f.reshape(b, c, -1)
         result = flat.new_empty(b, last.out_channels, flat.shape[-1])
-        step = HEAD_CHUNK
+        step = HEAD_CHUNK if f.device.type == "cpu" else flat.shape[-1]      # GPU: one product, few launches
         for k in range(b):
             for start in range(0, flat.shape[-1], step):
                 hidden = act(torch.addmm(b1, w1, flat[k, :, start:start + step]))
