@@ -52,8 +52,11 @@ CPU_CHUNK_TOKENS = 4096
 
 
 def default_cpu_workers() -> int:
-    """Windows computed at once on CPU: one per core this process may use."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """Windows computed at once on CPU: as many as torch would use threads (its default is one per core;
+    OMP_NUM_THREADS or torch.set_num_threads lower it, e.g. for several workers on one machine), at most
+    one per core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def to_device(array: npt.NDArray[np.float32], device: torch.device) -> torch.Tensor:

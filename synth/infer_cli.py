@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run Swin blocks in place on chunks of this many tokens (default: 4096 on CPU, "
                              "whole tensors on CUDA; see bench/README.md)")
     parser.add_argument("--cpu-workers", type=int, default=None,
-                        help="CPU: windows computed at once, one thread each (default: one per usable core)")
+                        help="CPU: windows computed at once, one thread each (default: torch's thread count, "
+                             "at most one per usable core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -301,3 +301,12 @@ def test_default_plan_for_a_512_series_is_whole_planes_and_max_tile_bounds_it() 
     assert big.y.in_size == 512 and len(big.y.in_starts) == 3 and min_weight(big) > 0
     with pytest.raises(ValueError, match=r"max_tile must be a positive multiple of 8 for this spec, got 100"):
         CTHNetSynthesizer(LinearZ(CTHNetSpec()), weights_sha256="", device="cpu", max_tile=100)
+
+
+def test_cpu_workers_follow_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert CTHNetSynthesizer(LinearZ(TINY), weights_sha256="", device="cpu").cpu_workers == 1
+    finally:
+        torch.set_num_threads(before)
