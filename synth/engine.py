@@ -3,12 +3,17 @@
 Against the official inference (spec §3) this engine:
 - predicts every thin slice, the first and last three too (reflect-padding in z instead of zeros),
   and works for any N ≥ 2 thick slices (the official code needs N > 8);
-- tiles any Rows × Columns with 256² tiles that overlap and are blended with feathered weights
-  (zero in a margin at inner tile edges, then a linear ramp); z windows overlap and blend the same
-  way. Nothing is overwritten, nothing is left unpredicted;
-- streams windows in batches into one accumulator (memory: the volume, its thin accumulator and
-  one batch), under torch.inference_mode, with bf16/fp16 autocast on CUDA and fp32 on CPU; a CUDA
-  out-of-memory halves the batch and carries on;
+- runs the whole plane as one in-plane window (rounded up to the network's window grid): the network
+  has no absolute in-plane position, so a larger window gives the same values away from its borders
+  and has no inner tile borders to blend (no redundant overlap). Planes beyond `max_tile` (default
+  512) are tiled with overlapping `max_tile` tiles, blended with feathered weights (zero in a margin
+  at inner tile edges, then a linear ramp); an explicit `tile` keeps that tiling at any size. z
+  windows overlap and blend the same way. Nothing is overwritten, nothing is left unpredicted;
+- streams windows into one accumulator (memory: the volume, its thin accumulator and the windows in
+  flight), under torch.inference_mode. CUDA: batches of windows, bf16/fp16 autocast, pinned host
+  memory and non-blocking copies; a CUDA out-of-memory halves the batch and carries on. CPU: fp32,
+  `cpu_workers` windows at once, each on one thread with in-place chunked Swin blocks (no barrier
+  between cores, so a busy core does not stall the other; bench/README.md has the figures);
 - keeps the output float32 HU (no int16 truncation) and reports progress.
 
 Spacing policy: the network maps 5 mm to 1 mm (×5) and is applied as is to any slice spacing d in
@@ -20,7 +25,9 @@ resample to 5 mm first: that would interpolate the very slices the model is mean
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +45,26 @@ from synth.tiling import VolumePlan, plan_volume
 from synth.volume import CTVolume
 
 logger = logging.getLogger(__name__)
+
+
+CPU_CHUNK_TOKENS = 4096
+"""Tokens per in-place chunk of a Swin block on CPU (keeps its qkv and MLP intermediates in cache)."""
+
+
+def default_cpu_workers() -> int:
+    """Windows computed at once on CPU: as many as torch would use threads (its default is one per core;
+    OMP_NUM_THREADS or torch.set_num_threads lower it, e.g. for several workers on one machine), at most
+    one per core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, torch.get_num_threads()))
+
+
+def to_device(array: npt.NDArray[np.float32], device: torch.device) -> torch.Tensor:
+    """A numpy array on `device`; to CUDA through pinned memory with a non-blocking copy."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class UnsupportedSpacingError(SynthesisRefusedError):
@@ -59,9 +86,9 @@ class CTHNetSynthesizer:
 
     def __init__(self, model: nn.Module, *, weights_sha256: str, name: str = "CTHNet", device: str = "auto",
                  batch_size: int = 1, precision: str = "auto", z_stride: int | None = None, tile: int | None = None,
-                 min_overlap: int | None = None, margin: int | None = None,
+                 max_tile: int = 512, min_overlap: int | None = None, margin: int | None = None,
                  min_spacing_mm: float = 4.0, max_spacing_mm: float = 6.0, chunk_tokens: int | None = None,
-                 caution: str = "") -> None:
+                 cpu_workers: int | None = None, caution: str = "") -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(spec, CTHNetSpec):
             raise TypeError(f"CTHNetSynthesizer needs a model with a CTHNetSpec `spec`, got {type(model).__name__}")
@@ -70,12 +97,12 @@ class CTHNetSynthesizer:
         if not 0 < min_spacing_mm <= max_spacing_mm:
             raise ValueError(f"spacing range must satisfy 0 < min <= max, got {min_spacing_mm}, {max_spacing_mm}")
         self.spec = spec
-        self.tile = spec.tile_size if tile is None else tile
         step = spec.window_step
-        if self.tile < step or self.tile % step:
-            raise ValueError(f"tile must be a positive multiple of {step} for this spec, got {self.tile}")
-        self.min_overlap = self.tile // 4 if min_overlap is None else min_overlap
-        self.margin = self.tile // 16 if margin is None else margin
+        for option, value in (("tile", tile), ("max_tile", max_tile)):
+            if value is not None and (value < step or value % step):
+                raise ValueError(f"{option} must be a positive multiple of {step} for this spec, got {value}")
+        self.tile, self.max_tile = tile, max_tile
+        self.min_overlap, self.margin = min_overlap, margin
         # default: windows overlap by one thick step (5 thin slices of the 30 returned)
         self.z_stride = max(1, spec.out_slices // spec.ratio - 1) if z_stride is None else z_stride
         self.align = step
@@ -86,22 +113,28 @@ class CTHNetSynthesizer:
         self.min_spacing_mm, self.max_spacing_mm = min_spacing_mm, max_spacing_mm
         if chunk_tokens is not None and chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be positive or None, got {chunk_tokens}")
+        if cpu_workers is not None and cpu_workers < 1:
+            raise ValueError(f"cpu_workers must be positive or None, got {cpu_workers}")
+        on_cpu = self.device.type == "cpu"
+        self.cpu_workers = (cpu_workers or default_cpu_workers()) if on_cpu else 1
+        if on_cpu and chunk_tokens is None:
+            chunk_tokens = CPU_CHUNK_TOKENS
         self.model = model.to(self.device).eval()
         if hasattr(self.model, "chunk_tokens"):
-            # In-place chunks of windows keep Swin intermediates in cache: a clear win with one CPU thread
-            # per core to spare; with busy cores, small multi-threaded GEMMs stall (see bench/README.md).
+            # In-place chunks of windows keep Swin intermediates in cache: a clear win on CPU with one
+            # thread per window (see bench/README.md); on CUDA whole tensors are faster.
             setattr(self.model, "chunk_tokens", chunk_tokens)  # noqa: B010 (nn.Module typing of attributes)
         self.factor = spec.ratio
         self.identity = SynthIdentity(backend="cthnet", name=name, version=synth.__version__,
                                       weights_sha256=weights_sha256, is_model=True, caution=caution)
 
     @classmethod
-    def from_config(cls, cfg: SynthConfig, *, precision: str = "auto",
-                    chunk_tokens: int | None = None) -> CTHNetSynthesizer:
+    def from_config(cls, cfg: SynthConfig, *, precision: str = "auto", chunk_tokens: int | None = None,
+                    cpu_workers: int | None = None) -> CTHNetSynthesizer:
         """Load weights (our checkpoint or the official .pkl), check them, and place the model.
 
-        CPU runs one window at a time (larger batches gain nothing there and cost 2.5 GB each);
-        synth.batch_size applies on CUDA.
+        CPU runs `cpu_workers` single windows at once (batches gain nothing there); synth.batch_size
+        applies on CUDA.
         """
         weights = load_weights(cfg.weights_path)
         if cfg.factor != weights.spec.ratio:
@@ -117,14 +150,24 @@ class CTHNetSynthesizer:
             logger.warning("synth weights %s are marked not for clinical use (trained on %s); every derived "
                            "series says so", weights.sha256[:12], weights.metadata.training_data)
         return cls(model, weights_sha256=weights.sha256, name=name, caution=caution, device=str(device),
-                   precision=precision, chunk_tokens=chunk_tokens,
+                   precision=precision, chunk_tokens=chunk_tokens, cpu_workers=cpu_workers,
                    batch_size=cfg.batch_size if device.type == "cuda" else 1,
                    min_spacing_mm=cfg.spacing_range_mm[0], max_spacing_mm=cfg.spacing_range_mm[1])
 
+    def plane_tile(self, length: int) -> int:
+        """The in-plane window along an axis of `length` pixels: `tile` if set, else the whole axis
+        rounded up to the window grid (at least two grid steps), at most `max_tile`."""
+        if self.tile is not None:
+            return self.tile
+        return min(self.max_tile, max(2 * self.align, -(-length // self.align) * self.align))
+
     def plan(self, shape: tuple[int, int, int]) -> VolumePlan:
         s = self.spec
-        return plan_volume(shape, s.ratio, s.in_slices, s.crop, self.tile, self.z_stride, self.min_overlap,
-                           self.margin, self.align)
+        ty, tx = self.plane_tile(shape[1]), self.plane_tile(shape[2])
+        oy, ox = (ty // 4, tx // 4) if self.min_overlap is None else (self.min_overlap, self.min_overlap)
+        my, mx = (ty // 16, tx // 16) if self.margin is None else (self.margin, self.margin)
+        return plan_volume(shape, s.ratio, s.in_slices, s.crop, (ty, tx), self.z_stride, (oy, ox), (my, mx),
+                           self.align)
 
     def check_spacing(self, spacing_mm: float) -> None:
         if not self.min_spacing_mm <= spacing_mm <= self.max_spacing_mm:
@@ -142,25 +185,16 @@ class CTHNetSynthesizer:
                      progress: ProgressCallback | None = None) -> npt.NDArray[np.float32]:
         """Blend all windows of `plan` over the padded [0, 1] input; returns the [0, 1] thin volume."""
         dev = self.device
-        src = torch.from_numpy(np.ascontiguousarray(padded)).to(dev)
+        src = to_device(padded, dev)
         spans = (plan.z.span, plan.y.span, plan.x.span)
         acc = torch.zeros(tuple(hi - lo for lo, hi in spans), dtype=torch.float32, device=dev)
-        profiles = [[torch.from_numpy(w).to(dev) for w in axis.weights] for axis in (plan.z, plan.y, plan.x)]
+        profiles = [[to_device(w, dev) for w in axis.weights] for axis in (plan.z, plan.y, plan.x)]
         windows = list(plan.windows())
-        batch, done = self.batch_size, 0
+        done = 0
         with torch.inference_mode():
-            while done < len(windows):
-                chunk = windows[done:done + batch]
-                try:
-                    out = self._forward(src, plan, chunk)
-                except torch.OutOfMemoryError:
-                    if batch == 1:
-                        raise
-                    batch //= 2
-                    logger.warning("out of memory with a batch of %d windows; going on with %d", 2 * batch, batch)
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
+            parallel = self.cpu_workers > 1 and self.batch_size == 1
+            outputs = self._cpu_outputs(src, plan, windows) if parallel else self._batched_outputs(src, plan, windows)
+            for chunk, out in outputs:
                 for (k, j, i), window in zip(chunk, out, strict=True):
                     z0 = plan.z.out_starts[k] - spans[0][0]
                     y0 = plan.y.out_starts[j] - spans[1][0]
@@ -174,11 +208,54 @@ class CTHNetSynthesizer:
                     progress(done, len(windows))
             (zlo, _), (ylo, _), (xlo, _) = spans
             acc = acc[-zlo:-zlo + plan.z.length, -ylo:-ylo + plan.y.length, -xlo:-xlo + plan.x.length]
-            acc /= torch.from_numpy(plan.z.weight_sum()).to(dev)[:, None, None]
-            acc /= torch.from_numpy(plan.y.weight_sum()).to(dev)[None, :, None]
-            acc /= torch.from_numpy(plan.x.weight_sum()).to(dev)[None, None, :]
+            acc /= to_device(plan.z.weight_sum(), dev)[:, None, None]
+            acc /= to_device(plan.y.weight_sum(), dev)[None, :, None]
+            acc /= to_device(plan.x.weight_sum(), dev)[None, None, :]
             result: npt.NDArray[np.float32] = acc.cpu().numpy()
         return result
+
+    def _batched_outputs(self, src: torch.Tensor, plan: VolumePlan, windows: list[tuple[int, int, int]]
+                         ) -> Iterator[tuple[Sequence[tuple[int, int, int]], torch.Tensor]]:
+        """Batches of windows in order, in this thread; a CUDA out-of-memory halves the batch."""
+        batch, done = self.batch_size, 0
+        while done < len(windows):
+            chunk = windows[done:done + batch]
+            try:
+                out = self._forward(src, plan, chunk)
+            except torch.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch //= 2
+                logger.warning("out of memory with a batch of %d windows; going on with %d", 2 * batch, batch)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            done += len(chunk)
+            yield chunk, out
+
+    def _cpu_outputs(self, src: torch.Tensor, plan: VolumePlan, windows: list[tuple[int, int, int]]
+                     ) -> Iterator[tuple[Sequence[tuple[int, int, int]], torch.Tensor]]:
+        """One window per task on `cpu_workers` single-threaded workers, yielded in order; at most
+        cpu_workers + 1 windows are in flight (memory stays bounded)."""
+        def run(chunk: list[tuple[int, int, int]]) -> torch.Tensor:
+            with torch.inference_mode():
+                return self._forward(src, plan, chunk)
+
+        with ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="cthnet",
+                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            pending: list[tuple[list[tuple[int, int, int]], Future[torch.Tensor]]] = []
+            try:
+                for window in windows:
+                    pending.append(([window], pool.submit(run, [window])))
+                    if len(pending) > self.cpu_workers:
+                        chunk, future = pending.pop(0)
+                        yield chunk, future.result()
+                while pending:
+                    chunk, future = pending.pop(0)
+                    yield chunk, future.result()
+            finally:
+                for _, future in pending:
+                    future.cancel()
 
     def _forward(self, src: torch.Tensor, plan: VolumePlan, chunk: Sequence[tuple[int, int, int]]) -> torch.Tensor:
         """(B, out_slices, tile, tile) clamped to [0, 1], float32."""

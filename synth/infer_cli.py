@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output voxel type (int16 is rounded HU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="run Swin blocks in place on chunks of this many tokens (CPU; best with --threads 1 "
-                             "on a busy machine, see bench/README.md)")
+                        help="run Swin blocks in place on chunks of this many tokens (default: 4096 on CPU, "
+                             "whole tensors on CUDA; see bench/README.md)")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="CPU: windows computed at once, one thread each (default: torch's thread count, "
+                             "at most one per usable core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -135,7 +138,8 @@ def _build(args: argparse.Namespace) -> Synthesizer:
         return build_synthesizer(cfg)
     from synth.engine import CTHNetSynthesizer
 
-    return CTHNetSynthesizer.from_config(cfg, precision=args.precision, chunk_tokens=args.chunk_tokens)
+    return CTHNetSynthesizer.from_config(cfg, precision=args.precision, chunk_tokens=args.chunk_tokens,
+                                         cpu_workers=args.cpu_workers)
 
 
 def _synthesize(synthesizer: Synthesizer, volume: CTVolume, *, quiet: bool, unit: str) -> CTVolume:

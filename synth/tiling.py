@@ -156,11 +156,21 @@ def plan_plane(length: int, tile: int, min_overlap: int, margin: int, align: int
                     _profiles(starts, tile, margin))
 
 
-def plan_volume(shape: tuple[int, int, int], ratio: int, in_slices: int, crop: int, tile: int,
-                z_stride: int, min_overlap: int, margin: int, align: int = 1) -> VolumePlan:
+def plan_volume(shape: tuple[int, int, int], ratio: int, in_slices: int, crop: int,
+                tile: int | tuple[int, int], z_stride: int, min_overlap: int | tuple[int, int],
+                margin: int | tuple[int, int], align: int = 1) -> VolumePlan:
+    """z windows × row tiles × column tiles; `tile`, `min_overlap` and `margin` are one value for both
+    in-plane axes or a (rows, columns) pair."""
     n, rows, cols = shape
+    ty, tx = _pair(tile)
+    oy, ox = _pair(min_overlap)
+    my, mx = _pair(margin)
     return VolumePlan(
         z=plan_z(n, ratio, in_slices, crop, z_stride),
-        y=plan_plane(rows, tile, min_overlap, margin, align),
-        x=plan_plane(cols, tile, min_overlap, margin, align),
+        y=plan_plane(rows, ty, oy, my, align),
+        x=plan_plane(cols, tx, ox, mx, align),
     )
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else value

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synth.device import DeviceUnavailableError, resolve_device, resolve_precision
-from synth.engine import CTHNetSynthesizer
+from synth.engine import CTHNetSynthesizer, to_device
 from synth.nets import CTHNet, CTHNetSpec
 from synth.volume import CTVolume
 from tests.support.tiny_cthnet import TINY
@@ -64,3 +64,34 @@ def test_gpu_default_spec_window_runs() -> None:
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(torch.rand(2, 1, 8, 256, 256, device="cuda"))
     assert out.shape == (2, 1, 30, 256, 256)
+
+
+def test_to_device_on_cpu_keeps_the_values() -> None:
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]           # not contiguous
+    tensor = to_device(array, torch.device("cpu"))
+    assert tensor.device.type == "cpu" and tensor.is_contiguous()
+    np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_to_device_on_cuda_goes_through_pinned_memory() -> None:
+    array = np.random.default_rng(0).random((5, 64, 64), dtype=np.float32)
+    tensor = to_device(array, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert tensor.device.type == "cuda"
+    np.testing.assert_array_equal(tensor.cpu().numpy(), array)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_whole_plane_series_matches_cpu() -> None:
+    torch.manual_seed(0)
+    model = CTHNet(TINY)
+    volume = CTVolume(np.random.default_rng(1).uniform(-1000, 1000, (9, 96, 80)).astype(np.float32),
+                      (5.0, 0.7, 0.7))
+    gpu = CTHNetSynthesizer(model, weights_sha256="", device="cuda", precision="fp32", batch_size=4)
+    assert len(gpu.plan(volume.shape)) == len(gpu.plan(volume.shape).z.in_starts)
+    out = gpu(volume).hu
+    cpu = CTHNetSynthesizer(model.cpu(), weights_sha256="", device="cpu")(volume).hu
+    np.testing.assert_allclose(out, cpu, atol=1.0)

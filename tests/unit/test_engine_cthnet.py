@@ -15,7 +15,7 @@ from torch import nn
 from synth.backends import build_synthesizer
 from synth.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
 from synth.config import SynthConfig
-from synth.engine import CTHNetSynthesizer, UnsupportedSpacingError
+from synth.engine import CPU_CHUNK_TOKENS, CTHNetSynthesizer, UnsupportedSpacingError
 from synth.nets import CTHNet, CTHNetSpec
 from synth.normalize import hu_to_unit, unit_to_hu
 from synth.seam import SynthesisRefusedError, output_slices
@@ -64,12 +64,14 @@ def random_volume(n: int, rows: int, cols: int, seed: int = 0, spacing: float = 
     return CTVolume(rng.uniform(-1000, 2000, (n, rows, cols)).astype(np.float32), (spacing, 0.7, 0.8))
 
 
+@pytest.mark.parametrize("tiled", [False, True], ids=["whole-plane", "spec-tiles"])
 @pytest.mark.parametrize("spec", [TINY, OFFICIAL_GEOMETRY], ids=["tiny", "8-slice-windows"])
 @pytest.mark.parametrize(("n", "rows", "cols"), [(2, 32, 32), (3, 20, 45), (8, 64, 40), (9, 33, 70), (17, 50, 50)])
 def test_tiler_reproduces_the_stand_in_exactly_and_covers_every_voxel(spec: CTHNetSpec, n: int, rows: int,
-                                                                       cols: int) -> None:
+                                                                       cols: int, tiled: bool) -> None:
     volume = random_volume(n, rows, cols)
-    engine = CTHNetSynthesizer(LinearZ(spec), weights_sha256="", device="cpu")
+    engine = CTHNetSynthesizer(LinearZ(spec), weights_sha256="", device="cpu",
+                               tile=spec.tile_size if tiled else None)
     assert min_weight(engine.plan(volume.shape)) > 0
     out = engine(volume)
     assert out.shape == (output_slices(n, 5), rows, cols)
@@ -80,7 +82,8 @@ def test_tiler_reproduces_the_stand_in_exactly_and_covers_every_voxel(spec: CTHN
 def test_tile_border_artefacts_are_blended_away() -> None:
     # Each tile's outer 2 pixels are wrong by 1500 HU; the margin gives them weight 0, inside the image.
     volume = random_volume(5, 70, 90, seed=3)
-    engine = CTHNetSynthesizer(LinearZ(TINY, band=2), weights_sha256="", device="cpu", min_overlap=12, margin=2)
+    engine = CTHNetSynthesizer(LinearZ(TINY, band=2), weights_sha256="", device="cpu", tile=32, min_overlap=12,
+                               margin=2)
     plan = engine.plan(volume.shape)
     assert len(plan.y.in_starts) > 2 and len(plan.x.in_starts) > 2
     out = engine(volume).hu
@@ -103,8 +106,9 @@ def test_no_seams_with_the_real_network_on_a_constant_input() -> None:
     with torch.no_grad():
         model.conv_last.bias += 0.4 - model(torch.full((1, 1, 4, 32, 32), 0.35)).mean()   # keep it inside [0, 1]
     volume = CTVolume(np.full((2, 64, 64), 40.0, np.float32), (5.0, 0.7, 0.7))
-    blended = CTHNetSynthesizer(model, weights_sha256="", device="cpu", min_overlap=24, margin=8, batch_size=25)
-    naive = CTHNetSynthesizer(model, weights_sha256="", device="cpu", min_overlap=8, margin=0, batch_size=9)
+    blended = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, min_overlap=24, margin=8,
+                                batch_size=25)
+    naive = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, min_overlap=8, margin=0, batch_size=9)
     assert len(blended.plan(volume.shape)) == 25
     out, out_naive = blended(volume).hu, naive(volume).hu
     assert np.ptp(out[:, 10:-10, 10:-10]) > 300                            # the pattern is there …
@@ -122,7 +126,7 @@ def test_windows_are_batched_and_a_memory_error_halves_the_batch(caplog: pytest.
 
     model = OOMAbove2(TINY)
     volume = random_volume(6, 64, 64, seed=4)
-    engine = CTHNetSynthesizer(model, weights_sha256="", device="cpu", batch_size=8)
+    engine = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, batch_size=8)
     calls: list[tuple[int, int]] = []
     with caplog.at_level(logging.WARNING, logger="synth.engine"):
         out = engine(volume, progress=lambda done, total: calls.append((done, total)))
@@ -231,3 +235,78 @@ def test_chunked_engine_equals_plain_engine() -> None:
     np.testing.assert_allclose(engine(volume).hu, plain, atol=0.05)
     with pytest.raises(ValueError, match=r"chunk_tokens must be positive or None, got 0"):
         CTHNetSynthesizer(model, weights_sha256="", device="cpu", chunk_tokens=0)
+
+
+def _smooth_model_and_volume() -> tuple[CTHNet, CTVolume]:
+    torch.manual_seed(0)
+    model = CTHNet(TINY)
+    with torch.no_grad():
+        model.conv_last.bias += 0.4 - model(torch.full((1, 1, 4, 32, 32), 0.35)).mean()   # keep it inside [0, 1]
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, 3, 64, 64)))
+    hu = F.avg_pool3d(noise, (1, 9, 9), stride=1, padding=(0, 4, 4))[0, 0].numpy() * 9000 + 50
+    return model, CTVolume(hu.astype(np.float32), (5.0, 0.7, 0.7))
+
+
+def test_whole_plane_output_is_the_seam_free_limit_of_tiling() -> None:
+    # The network has no absolute in-plane position: away from tile borders a tile computes what the whole
+    # plane computes. So tiled output converges to the whole-plane output as the blend margins grow.
+    model, volume = _smooth_model_and_volume()
+    whole = CTHNetSynthesizer(model, weights_sha256="", device="cpu")
+    assert len(whole.plan(volume.shape)) == len(whole.plan(volume.shape).z.in_starts)   # one window per z step
+    reference = whole(volume).hu
+    assert np.ptp(reference) > 300                                                      # a real pattern
+    errors = []
+    for overlap, margin in [(8, 2), (16, 4), (24, 8)]:
+        tiled = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, min_overlap=overlap, margin=margin)
+        assert len(tiled.plan(volume.shape).y.in_starts) > 2
+        errors.append(float(np.abs(tiled(volume).hu - reference).max()))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 10.0                                                             # HU, against an 845 HU range
+
+
+def test_parallel_cpu_windows_equal_one_window_at_a_time() -> None:
+    model, volume = _smooth_model_and_volume()
+    volume = CTVolume(np.ascontiguousarray(volume.hu[:, :40, :40]), volume.spacing_mm)
+    parallel = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, cpu_workers=2)
+    serial = CTHNetSynthesizer(model, weights_sha256="", device="cpu", tile=32, cpu_workers=1)
+    assert parallel.cpu_workers == 2 and serial.cpu_workers == 1 and model.chunk_tokens == CPU_CHUNK_TOKENS
+    calls: list[tuple[int, int]] = []
+    out = parallel(volume, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_allclose(out.hu, serial(volume).hu, atol=1e-3)
+    total = len(parallel.plan(volume.shape))
+    assert calls == [(k, total) for k in range(1, total + 1)]
+    with pytest.raises(ValueError, match=r"cpu_workers must be positive or None, got 0"):
+        CTHNetSynthesizer(model, weights_sha256="", device="cpu", cpu_workers=0)
+
+
+def test_a_failing_window_on_a_cpu_worker_is_raised() -> None:
+    class FailsOnThird(LinearZ):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if len(self.batches) == 2:
+                raise RuntimeError("window failed (simulated)")
+            return super().forward(x)
+
+    engine = CTHNetSynthesizer(FailsOnThird(TINY), weights_sha256="", device="cpu", tile=32, cpu_workers=2)
+    with pytest.raises(RuntimeError, match=r"window failed \(simulated\)"):
+        engine(random_volume(9, 70, 70))
+
+
+def test_default_plan_for_a_512_series_is_whole_planes_and_max_tile_bounds_it() -> None:
+    engine = CTHNetSynthesizer(LinearZ(CTHNetSpec()), weights_sha256="", device="cpu")
+    plan = engine.plan((61, 512, 512))
+    assert len(plan) == 12 and plan.y.in_size == plan.x.in_size == 512
+    assert engine.plan((61, 500, 384)).y.in_size == 504 and engine.plan((61, 500, 384)).x.in_size == 384
+    big = engine.plan((61, 1024, 512))
+    assert big.y.in_size == 512 and len(big.y.in_starts) == 3 and min_weight(big) > 0
+    with pytest.raises(ValueError, match=r"max_tile must be a positive multiple of 8 for this spec, got 100"):
+        CTHNetSynthesizer(LinearZ(CTHNetSpec()), weights_sha256="", device="cpu", max_tile=100)
+
+
+def test_cpu_workers_follow_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert CTHNetSynthesizer(LinearZ(TINY), weights_sha256="", device="cpu").cpu_workers == 1
+    finally:
+        torch.set_num_threads(before)
