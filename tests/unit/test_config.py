@@ -16,7 +16,8 @@ def test_embedded_default_needs_no_server_and_listens_on_loopback() -> None:
     assert cfg.node.listen.host == "127.0.0.1" and cfg.node.listen.port == 11112
     assert cfg.destinations == ()
     assert [f.name for f in cfg.folder_destinations] == ["outbox"]
-    assert cfg.synth.backend == "interpolation"
+    assert cfg.synth.backend == "sr4zct"             # the learned backend that measures best on real CT
+    assert cfg.synth.device == "auto" and cfg.synth.sr4zct.budget_s == 40.0
     assert cfg.series.quiet_period_s == 10.0
 
 
@@ -105,7 +106,7 @@ def test_integer_accepted_where_float_expected() -> None:
 def test_check_config_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(DEFAULT_CONFIG)]) == 0
     out = capsys.readouterr().out
-    assert '"ae_title": "SYNTHNODE"' in out and '"backend": "interpolation"' in out
+    assert '"ae_title": "SYNTHNODE"' in out and '"backend": "sr4zct"' in out
 
 
 def test_check_config_exits_2_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
