@@ -52,7 +52,7 @@ def run_once(backend: str, datasets: list[Any], work: Path, budget_s: float, tim
         line = ""
         if files:
             first = pydicom.dcmread(files[0], stop_before_pixels=True)
-            line = f"{first.SeriesDescription}; {str(first.get('ImageComments', ''))}"
+            line = f"{first.SeriesDescription}; {first.get('ImageComments', '')!s}"
     finally:
         node.stop(drain_s=5.0)
     return {"backend": backend, "send_s": received - started, "end_to_end_s": finished - received,
