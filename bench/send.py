@@ -65,9 +65,9 @@ def with_storescp(workdir: Path, tag: str, slices: int, send: object) -> float:
         started = time.perf_counter()
         send(scp)
         elapsed = time.perf_counter() - started
-        got = len(scp.files())
-        if got != slices:
-            raise PeerError(f"{tag}: storescp holds {got} of {slices} instances")
+        got = {sop for _, _, sop in scp.received().values()}
+        if len(got) != slices or len(scp.files()) != slices:
+            raise PeerError(f"{tag}: storescp holds {len(scp.files())} files, {len(got)} of {slices} instances")
     finally:
         assert scp.process is not None
         stop_process(scp.process)
