@@ -1,7 +1,7 @@
 """C-STORE receive rate: dcmtk storescu -> the node, pynetdicom's storescp app, dcmtk storescp.
 
     .venv/bin/python bench/receive.py [--slices 161] [--size 512] [--repeats 3] [--json out.json]
-    .venv/bin/python bench/receive.py --busy 2          # with 2 busy-loop processes running beside it
+    .venv/bin/python bench/receive.py --busy 2 --receive-only   # 2 busy-loop processes beside; receive only
 
 One run measures all three receivers side by side on the same files: for each repeat a fresh
 synthetic series (new UIDs, so the node never de-duplicates) is written once, then sent with
@@ -50,6 +50,7 @@ from tests.support.ct_series import make_ct_series, write_series  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 E2E_TIMEOUT_S = 600.0
+RECEIVE_ONLY_QUIET_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,9 @@ def clear(directory: Path) -> None:
 
 
 def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Path, node_settings: list[str],
-        busy: int = 0) -> Result:
+        busy: int = 0, receive_only: bool = False) -> Result:
+    if receive_only:                      # no synthesis in the run at all: nothing completes within it
+        quiet_period_s = RECEIVE_ONLY_QUIET_S
     node = start_node(workdir / "node", quiet_period_s=quiet_period_s, node_settings=node_settings)
     assert node.outbox is not None
     pyn_port, dcm_port = free_port(), free_port()
@@ -140,17 +143,18 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
         write_series(warmup, workdir / "warmup")
         for receiver in receivers:
             send(workdir / "warmup", receiver)
-        wait_for(lambda: any(len(f) == 11 for f in node.outbox_series().values()), 60, "warm-up derived series")
+        if not receive_only:
+            wait_for(lambda: any(len(f) == 11 for f in node.outbox_series().values()), 60, "warm-up derived series")
         megabytes = 0.0
         for repeat in range(repeats):
             series_dir = workdir / f"series{repeat}"
             paths = write_series(make_ct_series(slices=slices, rows=size, cols=size, seed=1000 + repeat), series_dir)
             megabytes = sum(p.stat().st_size for p in paths) / 1e6
             before = set(node.outbox_series())
-            for receiver in receivers:
+            for receiver in receivers[repeat % 3:] + receivers[:repeat % 3]:     # each goes first in turn
                 elapsed = send(series_dir, receiver)
                 seconds[receiver.name].append(elapsed)
-                if receiver is node_rx:
+                if receiver is node_rx and not receive_only:
                     done = time.perf_counter()
                     wait_for(
                         functools.partial(derived_done, node, frozenset(before), want),
@@ -158,7 +162,7 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
                         alive=node.died,
                     )  # fmt: skip
                     e2e.append(time.perf_counter() - done)
-                else:
+                elif receiver is not node_rx:
                     clear(receiver.out_dir)
                 print(f"repeat {repeat + 1}: {receiver.name}: {elapsed:.2f} s", file=sys.stderr)
             shutil.rmtree(series_dir)
@@ -184,6 +188,8 @@ def report(result: Result) -> str:
         runs = ", ".join(f"{v:.2f}" for v in result.seconds[name])
         lines.append(f"| {name} | {t:.2f} ({runs}) | {result.slices / t:.0f} | {result.megabytes / t:.0f} | "
                      f"{base / t:.2f}x |")
+    if not result.e2e_s:
+        return "\n".join([*lines, "", "receive only: no synthesis in this run (quiet period longer than the run)"])
     e2e = statistics.median(result.e2e_s)
     lines += [
         "",
@@ -200,6 +206,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quiet-period-s", type=float, default=1.0)
+    parser.add_argument("--receive-only", action="store_true",
+                        help="time receiving only: no synthesis during the run, no end-to-end figure")
     parser.add_argument("--busy", type=int, default=0, help="busy-loop processes to run beside (other work)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--workdir", type=Path, help="keep files and logs here instead of a temp dir")
@@ -217,11 +225,11 @@ def main() -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = run(args.slices, args.size, args.repeats, args.quiet_period_s, args.workdir, args.node_setting,
-                     args.busy)
+                     args.busy, args.receive_only)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-receive-") as tmp:
             result = run(args.slices, args.size, args.repeats, args.quiet_period_s, Path(tmp), args.node_setting,
-                         args.busy)
+                         args.busy, args.receive_only)
     print(report(result))
     if args.node_setting:
         print(f"node settings: {', '.join(args.node_setting)}")
