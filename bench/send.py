@@ -66,8 +66,10 @@ def with_storescp(workdir: Path, tag: str, slices: int, send: object) -> float:
         send(scp)
         elapsed = time.perf_counter() - started
         got = {sop for _, _, sop in scp.received().values()}
-        if len(got) != slices or len(scp.files()) != slices:
-            raise PeerError(f"{tag}: storescp holds {len(scp.files())} files, {len(got)} of {slices} instances")
+        if len(got) != slices:
+            raise PeerError(f"{tag}: storescp holds {len(got)} of {slices} instances")
+        if len(scp.files()) != slices:     # an instance sent again after a lost response: it counts in the time
+            print(f"{tag}: {len(scp.files()) - slices} instance(s) sent twice", file=sys.stderr)
     finally:
         assert scp.process is not None
         stop_process(scp.process)
