@@ -1,6 +1,7 @@
 """C-STORE receive rate: dcmtk storescu -> the node, pynetdicom's storescp app, dcmtk storescp.
 
     .venv/bin/python bench/receive.py [--slices 161] [--size 512] [--repeats 3] [--json out.json]
+    .venv/bin/python bench/receive.py --busy 2 --receive-only   # 2 busy-loop processes beside; receive only
 
 One run measures all three receivers side by side on the same files: for each repeat a fresh
 synthetic series (new UIDs, so the node never de-duplicates) is written once, then sent with
@@ -9,7 +10,9 @@ synthetic series (new UIDs, so the node never de-duplicates) is written once, th
 from storescu's return (the last instance received) to the whole derived series (5(N-1)+1 files)
 in its folder destination, which includes the configured quiet period. The node is idle again
 (derived series written) before the other receivers are timed. Medians are reported, with ratios
-against pynetdicom's storescp app. Not a test: figures go to bench/README.md.
+against pynetdicom's storescp app. With ``--busy N``, N processes that only spin (one per core for a
+busy machine) run for the whole measurement, at the same priority as the receivers. Not a test:
+figures go to bench/README.md.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from tests.support.ct_series import make_ct_series, write_series  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 E2E_TIMEOUT_S = 600.0
+RECEIVE_ONLY_QUIET_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class Result:
     quiet_period_s: float
     seconds: dict[str, list[float]]
     e2e_s: list[float]
+    busy: int = 0
 
     def median(self, name: str) -> float:
         return statistics.median(self.seconds[name])
@@ -91,6 +96,14 @@ def start_receiver(name: str, command: list[str], ae_title: str, port: int, out_
     return Receiver(name, ae_title, port, process, out_dir)
 
 
+BUSY_LOOP = "import time\nwhile True:\n    sum(range(1000))\n"
+
+
+def start_busy(count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` processes that spin until stopped: other work on the machine."""
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+
+
 def derived_done(node: RunningNode, before: frozenset[str], want: int) -> bool:
     """A new series with all ``want`` files is in the node's folder destination."""
     return any(len(files) == want for uid, files in node.outbox_series().items() if uid not in before)
@@ -102,7 +115,10 @@ def clear(directory: Path) -> None:
             path.unlink()
 
 
-def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Path, node_settings: list[str]) -> Result:
+def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Path, node_settings: list[str],
+        busy: int = 0, receive_only: bool = False) -> Result:
+    if receive_only:                      # no synthesis in the run at all: nothing completes within it
+        quiet_period_s = RECEIVE_ONLY_QUIET_S
     node = start_node(workdir / "node", quiet_period_s=quiet_period_s, node_settings=node_settings)
     assert node.outbox is not None
     pyn_port, dcm_port = free_port(), free_port()
@@ -121,22 +137,24 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
     seconds: dict[str, list[float]] = {r.name: [] for r in receivers}
     e2e: list[float] = []
     want = 5 * (slices - 1) + 1
+    spinners = start_busy(busy)
     try:
         warmup = make_ct_series(slices=3, rows=64, cols=64, seed=900)
         write_series(warmup, workdir / "warmup")
         for receiver in receivers:
             send(workdir / "warmup", receiver)
-        wait_for(lambda: any(len(f) == 11 for f in node.outbox_series().values()), 60, "warm-up derived series")
+        if not receive_only:
+            wait_for(lambda: any(len(f) == 11 for f in node.outbox_series().values()), 60, "warm-up derived series")
         megabytes = 0.0
         for repeat in range(repeats):
             series_dir = workdir / f"series{repeat}"
             paths = write_series(make_ct_series(slices=slices, rows=size, cols=size, seed=1000 + repeat), series_dir)
             megabytes = sum(p.stat().st_size for p in paths) / 1e6
             before = set(node.outbox_series())
-            for receiver in receivers:
+            for receiver in receivers[repeat % 3:] + receivers[:repeat % 3]:     # each goes first in turn
                 elapsed = send(series_dir, receiver)
                 seconds[receiver.name].append(elapsed)
-                if receiver is node_rx:
+                if receiver is node_rx and not receive_only:
                     done = time.perf_counter()
                     wait_for(
                         functools.partial(derived_done, node, frozenset(before), want),
@@ -144,14 +162,14 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
                         alive=node.died,
                     )  # fmt: skip
                     e2e.append(time.perf_counter() - done)
-                else:
+                elif receiver is not node_rx:
                     clear(receiver.out_dir)
                 print(f"repeat {repeat + 1}: {receiver.name}: {elapsed:.2f} s", file=sys.stderr)
             shutil.rmtree(series_dir)
     finally:
-        for process in (dcmtk_scp.process, pynetdicom_scp.process, node.process):
+        for process in (*spinners, dcmtk_scp.process, pynetdicom_scp.process, node.process):
             stop_process(process)
-    return Result(slices, size, round(megabytes, 1), repeats, quiet_period_s, seconds, e2e)
+    return Result(slices, size, round(megabytes, 1), repeats, quiet_period_s, seconds, e2e, busy)
 
 
 def report(result: Result) -> str:
@@ -159,14 +177,19 @@ def report(result: Result) -> str:
     lines = [
         f"{result.slices} slices of {result.size}x{result.size} ({result.megabytes:.1f} MB), "
         f"dcmtk storescu with TCP_NODELAY=1, median of {result.repeats}; "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {result.busy} busy-loop process(es) "
+        f"beside, Python {platform.python_version()}",
         "",
         "| receiver | storescu time (s) | instances/s | MB/s | vs pynetdicom storescp |",
         "|---|---|---|---|---|",
     ]
     for name in result.seconds:
         t = result.median(name)
-        lines.append(f"| {name} | {t:.2f} | {result.slices / t:.0f} | {result.megabytes / t:.0f} | {base / t:.2f}x |")
+        runs = ", ".join(f"{v:.2f}" for v in result.seconds[name])
+        lines.append(f"| {name} | {t:.2f} ({runs}) | {result.slices / t:.0f} | {result.megabytes / t:.0f} | "
+                     f"{base / t:.2f}x |")
+    if not result.e2e_s:
+        return "\n".join([*lines, "", "receive only: no synthesis in this run (quiet period longer than the run)"])
     e2e = statistics.median(result.e2e_s)
     lines += [
         "",
@@ -183,6 +206,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quiet-period-s", type=float, default=1.0)
+    parser.add_argument("--receive-only", action="store_true",
+                        help="time receiving only: no synthesis during the run, no end-to-end figure")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes to run beside (other work)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--workdir", type=Path, help="keep files and logs here instead of a temp dir")
     parser.add_argument(
@@ -198,10 +224,12 @@ def main() -> int:
             parser.error(f"{binary} is not installed (Debian package dcmtk)")
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.slices, args.size, args.repeats, args.quiet_period_s, args.workdir, args.node_setting)
+        result = run(args.slices, args.size, args.repeats, args.quiet_period_s, args.workdir, args.node_setting,
+                     args.busy, args.receive_only)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-receive-") as tmp:
-            result = run(args.slices, args.size, args.repeats, args.quiet_period_s, Path(tmp), args.node_setting)
+            result = run(args.slices, args.size, args.repeats, args.quiet_period_s, Path(tmp), args.node_setting,
+                         args.busy, args.receive_only)
     print(report(result))
     if args.node_setting:
         print(f"node settings: {', '.join(args.node_setting)}")

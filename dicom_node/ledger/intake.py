@@ -7,6 +7,7 @@ already processed re-opens it (the derived series is rebuilt with the same UIDs)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -14,6 +15,14 @@ from sqlalchemy.orm import Session
 from dicom_node.ledger.base import LedgerBase
 from dicom_node.ledger.schema import TERMINAL, InstanceRow, RecordOutcome, RefusedRow, SeriesRow, SeriesState
 from dicom_node.spool import StoredInstance
+
+
+@dataclass(slots=True)
+class _BatchRows:
+    """The rows a batch touches, by key: those loaded up front and those it adds."""
+
+    series: dict[str, SeriesRow]
+    instances: dict[tuple[str, str], InstanceRow]
 
 
 class Intake(LedgerBase):
@@ -28,13 +37,15 @@ class Intake(LedgerBase):
         outcomes: list[RecordOutcome] = []
         with self._tx() as s:
             series_uids = {stored.series_uid for stored, _, _ in batch}
-            # Load the batch's rows once; the per-item gets below are then served from the session.
-            list(s.scalars(select(SeriesRow).where(SeriesRow.series_uid.in_(series_uids))))
-            list(s.scalars(select(InstanceRow).where(
-                InstanceRow.series_uid.in_(series_uids),
-                InstanceRow.sop_uid.in_({stored.sop_uid for stored, _, _ in batch}))))
+            # Load the batch's rows once and look them up in dicts: a Session.get for an instance not in
+            # the ledger yet would query (and autoflush) once per instance.
+            rows = _BatchRows(
+                {r.series_uid: r for r in s.scalars(select(SeriesRow).where(SeriesRow.series_uid.in_(series_uids)))},
+                {(r.series_uid, r.sop_uid): r for r in s.scalars(select(InstanceRow).where(
+                    InstanceRow.series_uid.in_(series_uids),
+                    InstanceRow.sop_uid.in_({stored.sop_uid for stored, _, _ in batch})))})
             for stored, now, calling_ae in batch:
-                outcomes.append(self._record_one(s, stored, now, quiet_s, calling_ae))
+                outcomes.append(self._record_one(s, rows, stored, now, quiet_s, calling_ae))
             for series_uid in series_uids:          # what was refused before has arrived now
                 s.execute(delete(RefusedRow).where(RefusedRow.series_uid == series_uid, RefusedRow.sop_uid.in_(
                     {stored.sop_uid for stored, _, _ in batch if stored.series_uid == series_uid})))
@@ -60,10 +71,10 @@ class Intake(LedgerBase):
                 series.updated_at = now
 
     @staticmethod
-    def _record_one(s: Session, stored: StoredInstance, now: float, quiet_s: float,
+    def _record_one(s: Session, rows: _BatchRows, stored: StoredInstance, now: float, quiet_s: float,
                     calling_ae: str) -> RecordOutcome:
-        series = s.get(SeriesRow, stored.series_uid)
-        inst = s.get(InstanceRow, (stored.series_uid, stored.sop_uid))
+        series = rows.series.get(stored.series_uid)
+        inst = rows.instances.get((stored.series_uid, stored.sop_uid))
         if inst is not None and inst.digest == stored.digest:
             outcome = RecordOutcome.DUPLICATE
             inst.mtime_ns = stored.mtime_ns
@@ -81,9 +92,12 @@ class Intake(LedgerBase):
                                reason="", detail="", derived_series_uid="", derived_count=0)
             s.add(series)
             s.flush()                      # the series row before its instances (foreign key)
+            rows.series[stored.series_uid] = series
         if outcome is RecordOutcome.NEW:
-            s.add(InstanceRow(series_uid=stored.series_uid, sop_uid=stored.sop_uid, digest=stored.digest,
-                              size=stored.size, received_at=now, mtime_ns=stored.mtime_ns))
+            inst = InstanceRow(series_uid=stored.series_uid, sop_uid=stored.sop_uid, digest=stored.digest,
+                               size=stored.size, received_at=now, mtime_ns=stored.mtime_ns)
+            s.add(inst)
+            rows.instances[(stored.series_uid, stored.sop_uid)] = inst     # sent twice in one batch: found
             series.instance_count += 1
         if outcome is RecordOutcome.DUPLICATE:
             series.duplicate_count += 1

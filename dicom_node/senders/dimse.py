@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -19,9 +20,10 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from dicom_node.config import DestinationSection
-from dicom_node.encoding import UNCOMPRESSED, encoded_dataset, syntax_uid
+from dicom_node.encoding import UNCOMPRESSED, encoded_bytes, syntax_uid
 from dicom_node.netutil import VERIFICATION, client_tls_args, set_nodelay
 from dicom_node.senders.base import CheckResult, SenderContext, SendReport
+from dicom_node.senders.cstore import ChannelError, StoreChannel
 from dicom_node.senders.registry import sender_for
 
 logger = logging.getLogger(__name__)
@@ -59,51 +61,79 @@ def send_dicom(files: list[Path], dest: DestinationSection, calling_ae: str, tim
                reconnects: int = 2) -> SendReport:
     """C-STORE `files` to `dest` over one association; check every response.
 
-    An association lost mid-series (a peer abort, or a response that never comes: pynetdicom can
-    drop one about once in 5,000 stores) is opened again, up to `reconnects` times, and the series
-    goes on from the instance whose status is unknown, so one hiccup does not cost a whole backoff.
+    An association lost mid-series (a peer abort, or a response that never comes) is opened again,
+    up to `reconnects` times, and the series goes on from the instance whose status is unknown, so
+    one hiccup does not cost a whole backoff. The stores go through a `StoreChannel` (cstore.py).
     """
     ae = _scu_ae(calling_ae, timeout_s, dest.transfer_syntax)
-    pending = list(files)
-    sent, failed, last_status, last_error = 0, [], "ok", ""
+    tally = _Tally(pending=list(files))
     for association in range(reconnects + 1):
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest),
                              evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
         if not assoc.is_established:
             what = "association-rejected" if assoc.is_rejected else "association-failed"
-            last_status = what
-            last_error = f"could not associate with {dest.ae_title}@{dest.host}:{dest.port} ({what})"
+            tally.fail(what, f"could not associate with {dest.ae_title}@{dest.host}:{dest.port} ({what})")
             break
         if association:
-            logger.warning("%s: association opened again to go on with %d instance(s)", dest.name, len(pending))
+            logger.warning("%s: association opened again to go on with %d instance(s)", dest.name,
+                           len(tally.pending))
         syntax = _negotiated_syntax(assoc, dest)
+        lost = True
         try:
-            while pending and assoc.is_established:
-                ds = encoded_dataset(pending[0], syntax)
-                sop_uid = str(ds.SOPInstanceUID)
-                response = assoc.send_c_store(ds)
-                code = int(response.Status) if "Status" in response else None
-                if code is None:               # no answer: status unknown, the association is gone
-                    last_status, last_error = "no-response", f"no C-STORE response for {sop_uid}"
-                    break
-                pending.pop(0)
-                if code in STORED_STATUSES:
-                    sent += 1
-                    if code != 0:
-                        logger.warning("%s stored %s with warning status 0x%04X", dest.name, sop_uid, code)
-                else:
-                    failed.append(sop_uid)
-                    last_status = f"0x{code:04X}"
-                    last_error = f"C-STORE of {sop_uid} answered {last_status}"
+            with StoreChannel(assoc, timeout_s=timeout_s) as channel:
+                lost = not _store_all(channel, tally, dest.name, syntax)
+        except ChannelError as exc:
+            tally.fail("association-failed", str(exc))
         finally:
-            if assoc.is_established:
+            if assoc.is_established and lost:
+                assoc.abort()
+            elif assoc.is_established:
                 assoc.release()
-        if not pending:
+        if not tally.pending:
             break
-        if last_status == "ok":
-            last_status, last_error = "association-lost", "the association ended before all were sent"
-    failed.extend(path.stem for path in pending)    # derived files are named <SOPInstanceUID>.dcm
-    return SendReport(dest.name, len(files), sent, last_status, last_error, tuple(failed))
+        if tally.status == "ok":
+            tally.fail("association-lost", "the association ended before all were sent")
+    tally.failed.extend(path.stem for path in tally.pending)    # derived files are named <SOPInstanceUID>.dcm
+    return SendReport(dest.name, len(files), tally.sent, tally.status, tally.error, tuple(tally.failed))
+
+
+@dataclass
+class _Tally:
+    pending: list[Path]
+    sent: int = 0
+    failed: list[str] = field(default_factory=list)
+    status: str = "ok"
+    error: str = ""
+
+    def fail(self, status: str, error: str) -> None:
+        self.status, self.error = status, error
+
+
+def _store_all(channel: StoreChannel, tally: _Tally, name: str, syntax: str) -> bool:
+    """C-STORE the pending files in order, in `syntax` (the files as stored for explicit-le); False when
+    the association is gone (status unknown)."""
+    while tally.pending:
+        path = tally.pending[0]
+        try:
+            encoded = None if syntax == UNCOMPRESSED else encoded_bytes(path, syntax)
+            outcome = channel.store(path, part10=encoded)
+        except (OSError, ValueError) as exc:     # unreadable, or no context can carry it: nothing was sent
+            tally.pending.pop(0)
+            tally.failed.append(path.stem)
+            tally.fail("not-sent", f"{path.name}: {exc}"[:300])
+            continue
+        if outcome.status is None:               # no answer: status unknown, the association is gone
+            tally.fail("no-response", outcome.detail)
+            return False
+        tally.pending.pop(0)
+        if outcome.status in STORED_STATUSES:
+            tally.sent += 1
+            if outcome.status != 0:
+                logger.warning("%s stored %s with warning status 0x%04X", name, outcome.sop_uid, outcome.status)
+        else:
+            tally.failed.append(outcome.sop_uid)
+            tally.fail(f"0x{outcome.status:04X}", f"C-STORE of {outcome.sop_uid} answered 0x{outcome.status:04X}")
+    return True
 
 
 def _negotiated_syntax(assoc: Association, dest: DestinationSection) -> str:

@@ -66,6 +66,19 @@ def test_duplicate_changed_and_new_instances(ledger: Ledger) -> None:
     assert summary is not None and summary.instance_count == 1
 
 
+def test_one_batch_with_the_same_instance_twice_and_two_series(ledger: Ledger) -> None:
+    batch = [(stored("1.2.3.1"), 1.0, "MOD"), (stored("1.2.3.1"), 2.0, "MOD"),
+             (stored("1.2.3.1", digest="e"), 3.0, "MOD"), (stored("1.2.3.2"), 4.0, "MOD"),
+             (stored("1.2.4.1", series="1.2.4"), 5.0, "MOD")]
+    assert ledger.record_instances(batch, QUIET) == [RecordOutcome.NEW, RecordOutcome.DUPLICATE, RecordOutcome.CHANGED,
+                                                     RecordOutcome.NEW, RecordOutcome.NEW]
+    first, second = view(ledger, "1.2.3"), view(ledger, "1.2.4")
+    assert first is not None and second is not None
+    assert (first.instance_count, second.instance_count) == (2, 1)
+    assert deadline(ledger, "1.2.3") == 4.0 + QUIET
+    assert ledger.record_instances([(stored("1.2.3.2"), 6.0, "MOD")], QUIET) == [RecordOutcome.DUPLICATE]
+
+
 def test_a_series_is_claimed_once(ledger: Ledger) -> None:
     complete_and_claim(ledger)
     assert ledger.claim_series("w2", 200.0, 60) is None
