@@ -12,35 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
+from tests.browser.conftest import CHROMIUM, TIMEOUT_MS
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view as ledger_view
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TOKEN = "browser-test-token"
 STATUS_OUT_OF_RESOURCES = 0xA700
-TIMEOUT_MS = 20_000
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (/usr/bin/chromium)"),
 ]
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Response, sync_playwright
+from playwright.sync_api import Browser, Response
 
 from dicom_node.app import Node
 from dicom_node.config import parse_config
-from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.browser.conftest import CHROMIUM, TIMEOUT_MS
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.orthanc_web import OrthancWeb, running_orthanc_web
 from tests.support.ct_series import make_ct_series
@@ -38,16 +38,6 @@ LIT_PIXELS_JS = """() => {
   for (let i = 0; i < data.length; i += 4) if (data[i] > 16) lit++;
   return lit;
 }"""
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
