@@ -47,7 +47,7 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     def make(url: str, *, max_attempts: int = 3, **dest: Any) -> Node:
         raw = {
             "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}")},
-            "series": {"quiet_period_s": 0.3},
+            "series": {"quiet_period_s": 1.0},
             "send": {"retry_initial_s": 0.1, "retry_max_s": 0.2, "max_attempts": max_attempts, "timeout_s": 5.0},
             "dicomweb_destinations": [{"name": "web", "url": url, "instances_per_request": PER_REQUEST, **dest}],
         }

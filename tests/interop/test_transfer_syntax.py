@@ -68,7 +68,7 @@ def test_each_destination_gets_its_syntax_losslessly(tmp_path: Path, syntax: str
               "transfer_syntax": syntax} for scp in (every, plain)]
     raw = {
         "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
-        "series": {"quiet_period_s": 0.3},
+        "series": {"quiet_period_s": 1.0},
         "send": {"retry_initial_s": 0.1, "max_attempts": 2, "timeout_s": 10.0},
         "destinations": dicom,
         "dicomweb_destinations": [{"name": "web", "url": orthanc.dicomweb_url, "transfer_syntax": syntax}],
