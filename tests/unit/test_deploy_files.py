@@ -13,15 +13,12 @@ routed to the node and that neither thin CT, other body parts nor the node's own
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
 import subprocess
 import time
 import tomllib
-import urllib.request
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,8 @@ from dicom_node.receive import (
     TRANSFER_SYNTAXES,
 )
 from tests.integration.conftest import send_series, wait_until
-from tests.interop.peers import ORTHANC, free_port, require, stop_process
+from tests.interop.orthanc_deploy import orthanc_json, orthanc_request, running_deploy_orthanc
+from tests.interop.peers import ORTHANC, free_port, require
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 
@@ -69,11 +67,6 @@ def toml(name: str) -> dict[str, Any]:
 
 def node_config(name: str) -> NodeConfig:
     return parse_config(toml(name), source=name)
-
-
-def orthanc_json() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((DEPLOY / "orthanc" / "orthanc.json").read_text(encoding="utf-8"))
-    return data
 
 
 def published(service: dict[str, Any]) -> dict[int, str]:
@@ -272,18 +265,9 @@ def test_readme_has_the_conformance_statement() -> None:
 
 
 # -- compose, mirrored as plain processes ------------------------------------------------------------
-def _orthanc_request(port: int, path: str, body: bytes | None = None) -> Any:
-    user, password = next(iter(orthanc_json()["RegisteredUsers"].items()))
-    auth = b64encode(f"{user}:{password}".encode()).decode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     headers={"Authorization": f"Basic {auth}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
 @pytest.mark.interop
 def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> None:
-    binary = require(ORTHANC)
+    require(ORTHANC)
     dicom_port, http_port = free_port(), free_port()
     raw = toml("node.compose.toml")
     raw["node"].update(host="127.0.0.1", port=0, storage_dir=str(tmp_path / "node"))
@@ -293,46 +277,35 @@ def test_orthanc_routes_thick_chest_ct_and_never_our_output(tmp_path: Path) -> N
     node = Node(parse_config(raw))
     node.start()
     assert node.scp is not None
-    config = orthanc_json()
-    config.update(StorageDirectory=str(tmp_path / "orthanc"), IndexDirectory=str(tmp_path / "orthanc"),
-                  DicomPort=dicom_port, HttpPort=http_port, RemoteAccessAllowed=False, StableAge=2,
-                  SaveJobs=False, LuaScripts=[str(DEPLOY / "orthanc" / "autoroute.lua")])
-    config["DicomModalities"]["SYNTHNODE"].update(Host="127.0.0.1", Port=node.scp.port)
-    (tmp_path / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
-    log = tmp_path / "orthanc.log"
-    orthanc = subprocess.Popen([binary, f"--logfile={log}", str(tmp_path / "orthanc.json")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
-        def up() -> bool:
-            try:
-                return bool(_orthanc_request(http_port, "/system"))
-            except OSError:
-                return False
-
-        wait_until(up, 30.0, "Orthanc's REST API")
-        thick = make_ct_series(slices=6, rows=32, cols=32, seed=41)
-        thin = make_ct_series(slices=6, rows=32, cols=32, spacing_mm=1.0, seed=42)
-        head = make_ct_series(slices=6, rows=32, cols=32, seed=43, series_description="HEAD 5mm")
-        for ds in head:
-            ds.BodyPartExamined = "HEAD"
-        for source in (thick, thin, head):
-            assert send_series(source, dicom_port, calling_ae="SCANNER", called_ae="ORTHANC") == [0] * 6
-        uid = str(thick[0].SeriesInstanceUID)
-
-        def state() -> str | None:
-            summary = view(node.ledger, uid)
-            return None if summary is None else summary.state
-
-        wait_until(lambda: state() == "done", 60.0, "the thick series to come back from the node")
-        wait_until(lambda: len(_orthanc_request(http_port, "/series")) == 4, 20.0, "the derived series in Orthanc")
-        wait_until(lambda: "not sent: derived" in log.read_text(encoding="utf-8", errors="replace"), 20.0,
-                   "the rule to see (and skip) the node's output")
-        time.sleep(1.0)
-        listed = queries.list_series(node.ledger.engine)[0]
-        assert [s.series_uid for s in listed] == [uid]                     # only the thick chest CT came
-        text = log.read_text(encoding="utf-8", errors="replace")
-        assert re.search(r"slice thickness 1(\.0*)? mm is out of range", text)
-        assert "not chest (BodyPartExamined HEAD)" in text
+        with running_deploy_orthanc(tmp_path, dicom_port=dicom_port, http_port=http_port, node_port=node.scp.port,
+                                    lua=DEPLOY / "orthanc" / "autoroute.lua") as log:
+            _route_thick_chest_ct_only(node, dicom_port, http_port, log)
     finally:
-        stop_process(orthanc)
         node.stop(drain_s=2.0)
+
+
+def _route_thick_chest_ct_only(node: Node, dicom_port: int, http_port: int, log: Path) -> None:
+    thick = make_ct_series(slices=6, rows=32, cols=32, seed=41)
+    thin = make_ct_series(slices=6, rows=32, cols=32, spacing_mm=1.0, seed=42)
+    head = make_ct_series(slices=6, rows=32, cols=32, seed=43, series_description="HEAD 5mm")
+    for ds in head:
+        ds.BodyPartExamined = "HEAD"
+    for source in (thick, thin, head):
+        assert send_series(source, dicom_port, calling_ae="SCANNER", called_ae="ORTHANC") == [0] * 6
+    uid = str(thick[0].SeriesInstanceUID)
+
+    def state() -> str | None:
+        summary = view(node.ledger, uid)
+        return None if summary is None else summary.state
+
+    wait_until(lambda: state() == "done", 60.0, "the thick series to come back from the node")
+    wait_until(lambda: len(orthanc_request(http_port, "/series")) == 4, 20.0, "the derived series in Orthanc")
+    wait_until(lambda: "not sent: derived" in log.read_text(encoding="utf-8", errors="replace"), 20.0,
+               "the rule to see (and skip) the node's output")
+    time.sleep(1.0)
+    listed = queries.list_series(node.ledger.engine)[0]
+    assert [s.series_uid for s in listed] == [uid]                     # only the thick chest CT came
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert re.search(r"slice thickness 1(\.0*)? mm is out of range", text)
+    assert "not chest (BodyPartExamined HEAD)" in text
