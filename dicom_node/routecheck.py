@@ -91,11 +91,9 @@ def report_series(cfg: NodeConfig, series: FoundSeries, calling_ae: str | None, 
 
 
 def _spacing_fits(cfg: NodeConfig, backend: str, spacing_mm: float, out: TextIO) -> bool:
-    lo, hi = cfg.synth.spacing_range_for(backend)
-    if lo <= spacing_mm <= hi:
+    if (refusal := cfg.spacing_refusal(backend, spacing_mm)) is None:
         return True
-    print(f"  selection: rejected (spacing_out_of_range): slice spacing {spacing_mm:.3f} mm is outside "
-          f"{lo}-{hi} mm, the range of backend {backend}", file=out)
+    print(f"  selection: rejected (spacing_out_of_range): {refusal}", file=out)
     return False
 
 

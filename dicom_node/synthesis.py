@@ -235,11 +235,8 @@ class SynthesisStage:
                                facts, None)
             choice = RouteChoice(routing.rule.name, routing.rule.destinations,
                                  routing.rule.backend or self._cfg.synth.backend)
-        lo, hi = self._cfg.synth.spacing_range_for(choice.backend)
-        if not lo <= spacing_mm <= hi:
-            raise InvalidSeriesError(claim.series_uid, SPACING_OUT_OF_RANGE,
-                                     f"slice spacing {spacing_mm:.3f} mm is outside {lo}-{hi} mm, the range of "
-                                     f"backend {choice.backend} (synth.min/max_input_spacing_mm)")
+        if (refusal := self._cfg.spacing_refusal(choice.backend, spacing_mm)) is not None:
+            raise InvalidSeriesError(claim.series_uid, SPACING_OUT_OF_RANGE, refusal)
         skip = self._cfg.series.skip_if_thin
         if skip is None or header.get("Modality") != "CT":
             return choice

@@ -84,6 +84,14 @@ class NodeConfig:
         ranges = [self.synth.spacing_range_for(name) for name in self.backends()]
         return (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
 
+    def spacing_refusal(self, backend: str, spacing_mm: float) -> str | None:
+        """Why `backend` does not take a series at `spacing_mm` (the detail of `spacing_out_of_range`), or None."""
+        lo, hi = self.synth.spacing_range_for(backend)
+        if lo <= spacing_mm <= hi:
+            return None
+        return (f"slice spacing {spacing_mm:.3f} mm is outside {lo}-{hi} mm, the range of backend {backend} "
+                "(synth.min/max_input_spacing_mm)")
+
 
 T = TypeVar("T")
 
