@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 COMPLETE_EVERY_S = 0.25
 SUPERVISE_EVERY_S = 1.0
+RESERVE_EVERY_S = 5.0                # how often the spool reserve is topped up (only while idle; reserve.py)
 LEASE_SWEEP_MAX_S = 30.0
 
 
@@ -57,15 +58,20 @@ class Node:
         """`synthesizer` for [synth] backend and `synthesizers` (by backend name, for the rules' other
         backends) replace what the config would build (tests)."""
         self.cfg, self.clock = cfg, clock
-        self.spool = Spool(cfg.storage_dir, fsync=cfg.node.storage.fsync)
+        reserve_mb = cfg.node.storage.spool_reserve_mb if cfg.node.roles.receive else 0
+        self.spool = Spool(cfg.storage_dir, fsync=cfg.node.storage.fsync, reserve_bytes=reserve_mb << 20)
         self.ledger = open_ledger(cfg.database_url, migrate=True)    # the node serves: it migrates
         self.metrics = NodeMetrics(self.ledger, cfg.storage_dir)
+        reserve = self.spool.reserve
+        if reserve.enabled:
+            self.metrics.watch_reserve(lambda: reserve.bytes, lambda: (reserve.taken, reserve.missed))
         self.owner = lease_owner_name()
         self.synthesizer = synthesizer if synthesizer is not None else build_synthesizer(cfg.synth)
         self.synthesizers = self._rule_synthesizers(synthesizers or {}) if cfg.node.roles.process else {}
         self.webhooks = Webhooks(cfg.webhooks, self._event_payload, delivered=self.metrics.webhooks)
         self._hook_reads = queries.read_engine(self.ledger.engine) if cfg.webhooks else None   # no write lock
-        self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.storage.disk_watermark)
+        self.disk_guard = DiskGuard(cfg.storage_dir, cfg.node.storage.disk_watermark,
+                                    reserved=lambda: self.spool.reserve.bytes)
         self.recorder = InstanceRecorder(self.ledger, cfg.series.quiet_period_s, clock, self._count_outcomes)
         self.scp = self._build_receiver() if cfg.node.roles.receive else None
         self.supervisor = Supervisor()
@@ -76,6 +82,7 @@ class Node:
         self.leases = Leases(self.ledger, owner=self.owner, lease_s=cfg.database.lease_s, clock=clock,
                              on_requeued=self._wake_synthesis)
         self.timers = Timers()
+        self._stopping = threading.Event()       # ends a reserve fill in progress
         self.operations = Operations(cfg, ledger=self.ledger, spool=self.spool, metrics=self.metrics,
                                      owner=self.owner, clock=clock, synthesizer=self.synthesizer,
                                      disk_guard=self.disk_guard, stage_health=self.health,
@@ -137,6 +144,8 @@ class Node:
         self.timers.every("lease-sweep", min(LEASE_SWEEP_MAX_S, lease_s / 4), self.leases.sweep)
         self.timers.every("retention", self.cfg.retention.sweep_interval_s, self._retention_sweep)
         self.timers.every("supervise", SUPERVISE_EVERY_S, self.supervisor.check)
+        if self.spool.reserve.enabled:
+            self.timers.every("spool-reserve", RESERVE_EVERY_S, self._fill_reserve, now=True)
         self.timers.start()
         self.supervisor.start()
         if self.scp is not None:
@@ -154,6 +163,7 @@ class Node:
 
     def stop(self, drain_s: float = 30.0) -> None:
         """Stop accepting, let in-flight stores finish, stop the stages, release our leases."""
+        self._stopping.set()
         if self.scp is not None:
             self.scp.drain(drain_s)
         self.recorder.stop(drain_s)
@@ -201,6 +211,11 @@ class Node:
             logger.info("series %s complete (quiet for %.1f s)", uid, self.cfg.series.quiet_period_s)
         if completed:
             self._wake_synthesis()
+
+    def _fill_reserve(self) -> None:
+        written = self.spool.reserve.fill(self._stopping, room=self.disk_guard.fits_on_disk)
+        if written:
+            logger.info("spool reserve topped up by %d MB to %d MB", written >> 20, self.spool.reserve.bytes >> 20)
 
     def _retention_sweep(self) -> None:
         sweep_retention(self.ledger, self.spool, self.cfg.retention, now=self.clock())

@@ -33,10 +33,13 @@ class Room:
 
 
 class DiskGuard:
-    """Refuse stores (0xA700) above a disk-usage watermark; re-checked at most once a second."""
+    """Refuse stores (0xA700) above a disk-usage watermark; re-checked at most once a second.
 
-    def __init__(self, path: Path, watermark: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._path, self._watermark, self._clock = path, watermark, clock
+    The spool reserve (`reserved`: its bytes) counts as free: received instances overwrite it."""
+
+    def __init__(self, path: Path, watermark: float, clock: Callable[[], float] = time.monotonic,
+                 reserved: Callable[[], int] = lambda: 0) -> None:
+        self._path, self._watermark, self._clock, self._reserved = path, watermark, clock, reserved
         self._checked_at, self._status = -1e9, STATUS_SUCCESS
         self._lock = threading.Lock()
 
@@ -49,7 +52,7 @@ class DiskGuard:
             now = self._clock()
             if now - self._checked_at >= CHECK_INTERVAL_S:
                 usage = shutil.disk_usage(self._path)
-                full = usage.used / usage.total > self._watermark
+                full = (usage.used - self._reserved()) / usage.total > self._watermark
                 if full and self._status == STATUS_SUCCESS:
                     logger.error("disk above %.0f%% at %s: refusing stores", self._watermark * 100, self._path)
                 elif not full and self._status != STATUS_SUCCESS:
@@ -61,8 +64,14 @@ class DiskGuard:
     def room_for(self, needed_bytes: int) -> Room:
         """Whether writing `needed_bytes` more keeps the disk at or below the watermark (checked now)."""
         usage = shutil.disk_usage(self._path)
-        below = int(self._watermark * usage.total) - usage.used
+        below = int(self._watermark * usage.total) - usage.used + self._reserved()
         return Room(needed_bytes <= below, needed_bytes, below)
+
+    def fits_on_disk(self, needed_bytes: int) -> bool:
+        """Whether `needed_bytes` more keep the disk's real use (the reserve counted as used) at or below
+        the watermark: how far the reserve may grow."""
+        usage = shutil.disk_usage(self._path)
+        return usage.used + needed_bytes <= int(self._watermark * usage.total)
 
 
 def derived_bytes_estimate(files: list[Path], factor: int) -> int:

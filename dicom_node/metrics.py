@@ -131,6 +131,15 @@ class NodeMetrics:
         """Report the Storage SCP's association slots (dicom_node_associations{state})."""
         self.registry.register(_AssociationCollector(usage))
 
+    def watch_reserve(self, reserved_bytes: Callable[[], int], writes: Callable[[], tuple[int, int]]) -> None:
+        """Report the spool reserve: bytes held, and received instances written into it or not."""
+        Gauge("dicom_node_spool_reserve_bytes", "Bytes of finished files kept to be overwritten by received "
+              "ones (node.spool_reserve_mb)", registry=self.registry).set_function(lambda: float(reserved_bytes()))
+        puts = Gauge("dicom_node_spool_reserve_writes", "Received instances since start written into a reserved "
+                     "file (reused) or a new one (new)", ["kind"], registry=self.registry)
+        puts.labels("reused").set_function(lambda: float(writes()[0]))
+        puts.labels("new").set_function(lambda: float(writes()[1]))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

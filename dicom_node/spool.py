@@ -6,6 +6,7 @@ rejected/<series_uid>/                  a series we cannot process, with a `reas
 derived/<derived_series_uid>/           the derived series we wrote, until retention removes it:
     <sop_uid>.dcm, manifest.txt         its instances, and their SOP UIDs in slice order
 derived/.tmp-<derived_series_uid>/      a derived series being written (published by one rename)
+reserve/<size>.<n>                      finished files kept to be overwritten by received ones (reserve.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicom_node.reserve import FOLDER as RESERVE_FOLDER
+from dicom_node.reserve import SpoolReserve
 
 MANIFEST = "manifest.txt"       # SOP Instance UIDs of a derived series in slice order: a sender needs no sorting
 STAGING_PREFIX = ".tmp-"        # files and folders being written; never read as data
@@ -33,13 +37,22 @@ class StoredInstance:
     mtime_ns: int = 0    # of the spool file, so a restart can tell recorded files from unrecorded ones
 
 
-def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], fsync: bool = True) -> int:
-    """Write `data` (one buffer or several, written in order) so a reader sees nothing or all of it.
+def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], fsync: bool = True,
+                 reuse: Path | None = None) -> int:
+    """Write `data` (one buffer or several, written in order) so a reader sees nothing or all of it;
+    into the file `reuse` (a reserved file, overwritten and cut to length) when one is given.
 
     Returns the file's mtime_ns."""
     parts = [data] if isinstance(data, bytes | memoryview) else list(data)
     tmp = path.with_name(f"{STAGING_PREFIX}{path.name}-{threading.get_ident()}")   # unique per writing thread
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if reuse is not None:
+        try:
+            os.replace(reuse, tmp)
+            flags = os.O_WRONLY | os.O_CREAT        # overwrite in place: its blocks (and pages) exist
+        except OSError:
+            reuse = None
+    fd = os.open(tmp, flags, 0o644)
     try:
         try:
             total = sum(len(p) for p in parts)
@@ -48,6 +61,8 @@ def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryv
                 view = memoryview(b"".join(parts))[written:]
                 while view:
                     view = view[os.write(fd, view):]
+            if reuse is not None and os.fstat(fd).st_size > total:
+                os.ftruncate(fd, total)
             if fsync:
                 os.fdatasync(fd)
             mtime_ns = os.fstat(fd).st_mtime_ns
@@ -61,7 +76,7 @@ def atomic_write(path: Path, data: bytes | memoryview | Sequence[bytes | memoryv
 
 
 class Spool:
-    def __init__(self, root: Path, fsync: bool = True) -> None:
+    def __init__(self, root: Path, fsync: bool = True, reserve_bytes: int = 0) -> None:
         self.root = root
         self.incoming = root / "incoming"
         self.rejected = root / "rejected"
@@ -69,6 +84,7 @@ class Spool:
         self._fsync = fsync
         for d in (self.incoming, self.rejected, self.derived):
             d.mkdir(parents=True, exist_ok=True)
+        self.reserve = SpoolReserve(root / RESERVE_FOLDER, reserve_bytes)
 
     def put(self, study_uid: str, series_uid: str, sop_uid: str,
             data: bytes | memoryview | Sequence[bytes | memoryview]) -> StoredInstance:
@@ -77,12 +93,13 @@ class Spool:
         folder = self.incoming / series_uid
         folder.mkdir(exist_ok=True)
         path = folder / f"{sop_uid}.dcm"
-        mtime_ns = atomic_write(path, parts, fsync=self._fsync)
+        size = sum(len(p) for p in parts)
+        reuse = self.reserve.take(size) if self.reserve.enabled else None
+        mtime_ns = atomic_write(path, parts, fsync=self._fsync, reuse=reuse)
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part)
-        return StoredInstance(study_uid, series_uid, sop_uid, path, sum(len(p) for p in parts), digest.hexdigest(),
-                              mtime_ns)
+        return StoredInstance(study_uid, series_uid, sop_uid, path, size, digest.hexdigest(), mtime_ns)
 
     def incoming_files(self) -> Iterator[tuple[str, str, Path, int]]:
         """(series UID, SOP UID, path, mtime_ns) of every received file; stray temp files are removed
@@ -117,9 +134,18 @@ class Spool:
         return target
 
     def remove_source(self, series_uid: str) -> None:
-        """Delete a series' received (and rejected) instances."""
+        """Delete a series' received (and rejected) instances (into the reserve while it has room)."""
         for folder in (self.incoming / series_uid, self.rejected / series_uid):
+            self._recycle(folder)
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _recycle(self, folder: Path) -> None:
+        """Move the folder's .dcm files into the reserve while it has room (the rest is deleted after)."""
+        if not self.reserve.enabled or not folder.is_dir():
+            return
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".dcm") and not self.reserve.give(Path(entry.path)):
+                return
 
     # -- derived series -----------------------------------------------------------------------
     def derived_dir(self, derived_series_uid: str) -> Path:
@@ -159,7 +185,9 @@ class Spool:
         """Delete a derived series (and any unfinished copy of it)."""
         if not derived_series_uid:                  # derived/"" is the whole derived folder
             raise ValueError("remove_derived needs a derived series UID, got an empty one")
-        shutil.rmtree(self.derived_dir(derived_series_uid), ignore_errors=True)
+        folder = self.derived_dir(derived_series_uid)
+        self._recycle(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         self.discard_staged(derived_series_uid)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -20,9 +21,11 @@ class Timers:
         self._scheduler = BackgroundScheduler(daemon=True)
         self._log = RateLimitedLog(logger)
 
-    def every(self, name: str, seconds: float, job: Callable[[], object]) -> None:
+    def every(self, name: str, seconds: float, job: Callable[[], object], *, now: bool = False) -> None:
+        """Run `job` every `seconds` (one run at a time), the first time at once when `now`."""
+        first = {"next_run_time": datetime.now(UTC)} if now else {}
         self._scheduler.add_job(self._guarded(name, job), "interval", seconds=seconds, max_instances=1,
-                                coalesce=True, id=name)
+                                coalesce=True, id=name, **first)
 
     def start(self) -> None:
         self._scheduler.start()

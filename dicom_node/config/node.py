@@ -14,6 +14,7 @@ from dicom_node.config.checks import MAX_TIMEOUT_S, MIB, check_ae, check_port, c
 
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 DEFAULT_MAX_PDU = MIB               # bench/README.md "max_pdu": larger PDUs receive faster; 1 MiB is past the knee
+MAX_SPOOL_RESERVE_MB = 1 << 16          # 64 GiB
 MIN_MAX_PDU, MAX_MAX_PDU = 16 * 1024, 16 * MIB
 
 
@@ -137,10 +138,14 @@ class Storage:
     storage_dir: str = "var"
     disk_watermark: float = 0.95     # refuse stores (0xA700) above this fraction of the disk in use
     fsync: bool = True               # flush each received file to disk before answering success
+    spool_reserve_mb: int = 512      # finished files kept to be overwritten by received ones (0: off); reserve.py
 
     def __post_init__(self) -> None:
         if not self.storage_dir:
             raise ValueError("node.storage_dir must not be empty")
+        if not 0 <= self.spool_reserve_mb <= MAX_SPOOL_RESERVE_MB:
+            raise ValueError(f"node.spool_reserve_mb must be in 0-{MAX_SPOOL_RESERVE_MB} (0 turns the reserve off), "
+                             f"got {self.spool_reserve_mb}")
         if not 0 < self.disk_watermark <= 1:
             raise ValueError(f"node.disk_watermark must be in (0, 1], got {self.disk_watermark}")
 

@@ -41,7 +41,7 @@ def pacs() -> Iterator[CollectingSCP]:
 @pytest.fixture
 def node(tmp_path: Path, pacs: CollectingSCP) -> Iterator[Node]:
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
         "series": {"quiet_period_s": 0.5},
         "send": {"retry_initial_s": 0.2, "retry_max_s": 0.4, "max_attempts": 1, "timeout_s": 5.0},
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
@@ -116,7 +116,7 @@ def test_dashboard_previews_login_and_retry(browser: Browser, node: Node, pacs: 
 @pytest.fixture
 def strict_node(tmp_path: Path) -> Iterator[Node]:
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
         "web": {"enabled": True, "port": 0, "token": TOKEN, "auth_max_failures": 2, "auth_lockout_s": 300.0},
     }
     node = Node(parse_config(raw))

@@ -49,7 +49,7 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancWeb]:
 def derived_series_in_orthanc(tmp_path: Path, orthanc: OrthancWeb) -> str:
     """Run a series through the node into Orthanc (STOW-RS, JPEG 2000 lossless); the derived series UID."""
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
         "series": {"quiet_period_s": 1.0},
         "send": {"retry_initial_s": 0.1, "max_attempts": 2, "timeout_s": 10.0},
         "dicomweb_destinations": [{"name": "viewer-pacs", "url": orthanc.dicomweb_url,

@@ -422,7 +422,8 @@ def base_config(workdir: Path, *, destinations: Sequence[PacsSCP | tuple[str, st
             dests.append({"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": port})
     raw: dict[str, Any] = {
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": free_port(),
-                 "storage_dir": str(workdir / "var"), "dimse_timeout_s": 30.0, "network_timeout_s": 30.0},
+                 "storage_dir": str(workdir / "var"), "dimse_timeout_s": 30.0, "network_timeout_s": 30.0,
+                 "spool_reserve_mb": 0},     # these tests fill disks on purpose: no reserve beside them
         "series": {"quiet_period_s": quiet_period_s},
         "synth": {"backend": "interpolation"},
         "send": {"retry_initial_s": 0.3, "retry_max_s": 1.0, "max_attempts": 1000, "timeout_s": 10.0},

@@ -19,6 +19,8 @@ from dicom_node.config import parse_config
 from dicom_node.netutil import VERIFICATION
 from synth.seam import Synthesizer
 
+TEST_RESERVE_MB = 16     # the spool reserve of a test node: used, and cheap to fill (tests/interop/peers.py)
+
 
 @dataclass
 class CollectingSCP:
@@ -106,7 +108,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
              storage: str = "var", extra: dict[str, Any] | None = None, start: bool = True,
              synthesizer: Synthesizer | None = None, **node_keys: Any) -> Node:
         raw: dict[str, Any] = {
-            "node": {"port": 0, "storage_dir": str(tmp_path / storage), **node_keys},
+            "node": {"port": 0, "storage_dir": str(tmp_path / storage), "spool_reserve_mb": TEST_RESERVE_MB,
+                     **node_keys},
             "series": {"quiet_period_s": quiet_period_s},
             "send": {"retry_initial_s": 0.2, "retry_max_s": 0.4, "max_attempts": 3, "timeout_s": 5.0},
             "folder_destinations": [{"name": "outbox", "path": str(tmp_path / "outbox")}],

@@ -37,6 +37,9 @@ DCMCJPLS = Path("/usr/bin/dcmcjpls")
 DCMCRLE = Path("/usr/bin/dcmcrle")
 DCMCJPEG = Path("/usr/bin/dcmcjpeg")
 DCIODVFY = Path("/usr/bin/dciodvfy")
+# A test node's spool reserve (dicom_node/reserve.py): big enough to be used, small enough that filling
+# it at every start costs a test nothing. The benchmarks pass the node's default instead.
+TEST_RESERVE = "spool_reserve_mb = 16"
 DCENTVFY = Path("/usr/bin/dcentvfy")
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_GDCM = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
@@ -295,6 +298,7 @@ def write_node_config(
         f"port = {port}",
         f"storage_dir = {_toml_str(str(storage_dir))}",
         *node_settings,
+        *([] if any(line.startswith("spool_reserve_mb") for line in node_settings) else [TEST_RESERVE]),
         "",
         "[series]",
         f"quiet_period_s = {quiet_period_s:g}",

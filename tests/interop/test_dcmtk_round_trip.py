@@ -24,6 +24,7 @@ from tests.interop.peers import (
     dciodvfy_errors,
     require,
     run_tool,
+    start_node,
     stop_process,
     storescu,
     storescu_profile,
@@ -230,3 +231,33 @@ def test_bad_series_are_rejected_with_reasons_and_the_node_keeps_serving(
 
 def test_sigterm_stops_the_node_gracefully(node: RunningNode) -> None:
     assert stop_process(node.process) == 0, node.log_tail()
+
+
+def test_received_instances_overwrite_reserved_files_exactly(tmp_path: Path) -> None:
+    """dcmtk storescu -> a node whose spool reserve holds longer files full of 0xFF: every instance lands
+    in one of them (none is created), cut to its length, element for element what was sent.
+
+    The seeded files are all shorter than the node's own zero-filled ones (520 KiB), so they go first."""
+    source = make_ct_series(slices=6, rows=64, cols=64, seed=103)
+    sent = write_series(source, tmp_path / "src")
+    size = sent[0].stat().st_size
+    reserve = tmp_path / "node" / "var" / "reserve"
+    reserve.mkdir(parents=True)
+    for n, length in enumerate((size + 4096, size + 200, size + 300, size * 2, size * 3, size * 4), start=1):
+        (reserve / f"{length}.{n}").write_bytes(b"\xff" * length)
+    inodes = {p.stat().st_ino for p in reserve.iterdir()}
+    node = start_node(tmp_path / "node", quiet_period_s=3600, node_settings=["spool_reserve_mb = 16"])
+    try:
+        storescu(tmp_path / "src", node.port, node.ae_title)
+        incoming = sorted((node.storage_dir / "incoming" / str(source[0].SeriesInstanceUID)).glob("*.dcm"))
+        assert len(incoming) == len(source)
+        assert {p.stat().st_ino for p in incoming} <= inodes        # each one a reserved file, overwritten
+        by_sop = {str(dcmread(p).SOPInstanceUID): p for p in sent}
+        for path in incoming:
+            stored = dcmread(path)
+            original = dcmread(by_sop[str(stored.SOPInstanceUID)])
+            assert stored == original                                 # every element, pixel data included
+            assert stored.PixelData == original.PixelData
+            assert b"\xff" * 64 not in path.read_bytes()              # no tail of an old file left
+    finally:
+        stop_process(node.process)

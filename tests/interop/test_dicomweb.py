@@ -46,7 +46,7 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def make(url: str, *, max_attempts: int = 3, **dest: Any) -> Node:
         raw = {
-            "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}")},
+            "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}"), "spool_reserve_mb": 16},
             "series": {"quiet_period_s": 1.0},
             "send": {"retry_initial_s": 0.1, "retry_max_s": 0.2, "max_attempts": max_attempts, "timeout_s": 5.0},
             "dicomweb_destinations": [{"name": "web", "url": url, "instances_per_request": PER_REQUEST, **dest}],
@@ -193,7 +193,7 @@ def test_the_dashboard_checks_a_dicomweb_destination(tmp_path: Path) -> None:
     from tests.unit.test_web_actions import csrf_of
 
     with running_stow_server() as server:
-        raw = {"node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        raw = {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
                "web": {"enabled": False, "token": "dash-token"},
                "dicomweb_destinations": [{"name": "web", "url": server.url, "token": "stow-token"}]}
         client = TestClient(build_app(Node(parse_config(raw)).operations))

@@ -31,7 +31,7 @@ def test_orthanc_forwards_all_ct_and_the_node_rules_decide(tmp_path: Path) -> No
     (tmp_path / "autoroute.lua").write_text(lua.replace("local NODE_DECIDES = false", "local NODE_DECIDES = true"))
     dicom_port, http_port = free_port(), free_port()
     raw = tomllib.loads((DEPLOY / "node.compose.toml").read_text(encoding="utf-8"))
-    raw["node"].update(host="127.0.0.1", port=0, storage_dir=str(tmp_path / "node"))
+    raw["node"].update(host="127.0.0.1", port=0, storage_dir=str(tmp_path / "node"), spool_reserve_mb=16)
     raw["series"]["quiet_period_s"] = 1.0
     raw["web"].update(enabled=False)
     raw["destinations"][0].update(host="127.0.0.1", port=dicom_port)

@@ -81,7 +81,7 @@ def hooks() -> Iterator[HookReceiver]:
 @pytest.fixture
 def node(tmp_path: Path, pacs: Orthanc, hooks: HookReceiver) -> Iterator[Node]:
     cfg = parse_config({
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "ae_title": NODE_AE},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "ae_title": NODE_AE, "spool_reserve_mb": 16},
         "series": {"quiet_period_s": 1.0, "skip_if_thin": {"destination": "pacs", "max_thickness_mm": 1.5}},
         "destinations": [{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}],
         "folder_destinations": [{"name": "outbox", "path": str(tmp_path / "outbox")}],

@@ -67,7 +67,7 @@ def test_each_destination_gets_its_syntax_losslessly(tmp_path: Path, syntax: str
     dicom = [{"name": scp.ae_title.lower(), "ae_title": scp.ae_title, "host": "127.0.0.1", "port": scp.port,
               "transfer_syntax": syntax} for scp in (every, plain)]
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
         "series": {"quiet_period_s": 1.0},
         "send": {"retry_initial_s": 0.1, "max_attempts": 2, "timeout_s": 10.0},
         "destinations": dicom,

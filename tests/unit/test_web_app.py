@@ -98,7 +98,7 @@ class _Collect(logging.Handler):
 
 def node_config(tmp: Path, *, destinations: list[dict[str, Any]] | None = None, **web: Any) -> dict[str, Any]:
     return {
-        "node": {"port": 0, "storage_dir": str(tmp / "var")},
+        "node": {"port": 0, "storage_dir": str(tmp / "var"), "spool_reserve_mb": 16},
         "series": {"quiet_period_s": 0.5},
         "send": {"retry_initial_s": 0.2, "retry_max_s": 0.4, "max_attempts": 1, "timeout_s": 5.0},
         "destinations": destinations or [],

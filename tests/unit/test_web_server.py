@@ -16,7 +16,7 @@ from dicom_node.web.server import WebServer
 
 
 def config(tmp_path: Path, port: int = 0) -> dict[str, object]:
-    return {"node": {"port": 0, "storage_dir": str(tmp_path / "var")},
+    return {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
             "web": {"enabled": True, "port": port, "token": "t0ken"}}
 
 
