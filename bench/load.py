@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dicom_node.config.node import Storage  # noqa: E402
 from tests.interop.peers import start_node, stop_process, wait_for  # noqa: E402
 from tests.support.ct_series import make_ct_series, write_series  # noqa: E402
 
@@ -128,7 +129,8 @@ def run_once(args: argparse.Namespace, repeat: int, workdir: Path) -> RepeatResu
             )
             mine.append(str(write_series(source, workdir / "in" / f"s{s}" / f"k{k}")[0].parent))
         folders.append(mine)
-    node = start_node(workdir / "node", quiet_period_s=args.quiet_period)
+    node = start_node(workdir / "node", quiet_period_s=args.quiet_period,      # the default reserve, not a test's
+                      node_settings=[f"spool_reserve_mb = {Storage().spool_reserve_mb}"])
     try:
         ctx = mp.get_context("spawn")
         queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dicom_node.config.node import Storage  # noqa: E402
 from tests.interop.peers import (  # noqa: E402
     STORESCP,
     STORESCU,
@@ -72,9 +73,20 @@ class Result:
     seconds: dict[str, list[float]]
     e2e_s: list[float]
     busy: int = 0
+    cpu_s: dict[str, list[float]] | None = None    # each receiver's own CPU seconds per series
+
 
     def median(self, name: str) -> float:
         return statistics.median(self.seconds[name])
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def send(files_dir: Path, receiver: Receiver) -> float:
@@ -104,6 +116,24 @@ def start_busy(count: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
 
 
+def reserve_bytes(node: RunningNode) -> int:
+    folder = node.storage_dir / "reserve"
+    return sum(p.stat().st_size for p in folder.iterdir()) if folder.is_dir() else 0
+
+
+def wait_for_reserve(node: RunningNode, timeout_s: float = 120.0) -> int:
+    """The node tops its spool reserve up in the background once it is idle (dicom_node/reserve.py): wait
+    until it stops growing, so that what is timed is the node as it runs, not its first minute."""
+    started = time.monotonic()
+    last, steady = -1, 0
+    while time.monotonic() - started < timeout_s and (steady < 3 or (last == 0 and time.monotonic() - started < 10)):
+        now = reserve_bytes(node)
+        steady = steady + 1 if now == last else 0
+        last = now
+        time.sleep(1.0)
+    return last
+
+
 def derived_done(node: RunningNode, before: frozenset[str], want: int) -> bool:
     """A new series with all ``want`` files is in the node's folder destination."""
     return any(len(files) == want for uid, files in node.outbox_series().items() if uid not in before)
@@ -119,6 +149,8 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
         busy: int = 0, receive_only: bool = False) -> Result:
     if receive_only:                      # no synthesis in the run at all: nothing completes within it
         quiet_period_s = RECEIVE_ONLY_QUIET_S
+    if not any(line.startswith("spool_reserve_mb") for line in node_settings):     # the default, not a test's
+        node_settings = [*node_settings, f"spool_reserve_mb = {Storage().spool_reserve_mb}"]
     node = start_node(workdir / "node", quiet_period_s=quiet_period_s, node_settings=node_settings)
     assert node.outbox is not None
     pyn_port, dcm_port = free_port(), free_port()
@@ -135,8 +167,11 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
     node_rx = Receiver("node", node.ae_title, node.port, node.process, node.storage_dir)
     receivers = [node_rx, pynetdicom_scp, dcmtk_scp]
     seconds: dict[str, list[float]] = {r.name: [] for r in receivers}
+    cpu: dict[str, list[float]] = {r.name: [] for r in receivers}
     e2e: list[float] = []
     want = 5 * (slices - 1) + 1
+    reserved = wait_for_reserve(node)
+    print(f"node spool reserve: {reserved / 1e6:.0f} MB", file=sys.stderr)
     spinners = start_busy(busy)
     try:
         warmup = make_ct_series(slices=3, rows=64, cols=64, seed=900)
@@ -152,8 +187,10 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
             megabytes = sum(p.stat().st_size for p in paths) / 1e6
             before = set(node.outbox_series())
             for receiver in receivers[repeat % 3:] + receivers[:repeat % 3]:     # each goes first in turn
+                cpu_before = cpu_seconds(receiver.process.pid)
                 elapsed = send(series_dir, receiver)
                 seconds[receiver.name].append(elapsed)
+                cpu[receiver.name].append(round(cpu_seconds(receiver.process.pid) - cpu_before, 2))
                 if receiver is node_rx and not receive_only:
                     done = time.perf_counter()
                     wait_for(
@@ -169,7 +206,7 @@ def run(slices: int, size: int, repeats: int, quiet_period_s: float, workdir: Pa
     finally:
         for process in (*spinners, dcmtk_scp.process, pynetdicom_scp.process, node.process):
             stop_process(process)
-    return Result(slices, size, round(megabytes, 1), repeats, quiet_period_s, seconds, e2e, busy)
+    return Result(slices, size, round(megabytes, 1), repeats, quiet_period_s, seconds, e2e, busy, cpu)
 
 
 def report(result: Result) -> str:
@@ -180,14 +217,14 @@ def report(result: Result) -> str:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {result.busy} busy-loop process(es) "
         f"beside, Python {platform.python_version()}",
         "",
-        "| receiver | storescu time (s) | instances/s | MB/s | vs pynetdicom storescp |",
-        "|---|---|---|---|---|",
+        "| receiver | storescu time (s) | instances/s | MB/s | vs pynetdicom storescp | receiver CPU-s per series |",
+        "|---|---|---|---|---|---|",
     ]
     for name in result.seconds:
         t = result.median(name)
         runs = ", ".join(f"{v:.2f}" for v in result.seconds[name])
         lines.append(f"| {name} | {t:.2f} ({runs}) | {result.slices / t:.0f} | {result.megabytes / t:.0f} | "
-                     f"{base / t:.2f}x |")
+                     f"{base / t:.2f}x | {statistics.median((result.cpu_s or {}).get(name) or [float('nan')]):.2f} |")
     if not result.e2e_s:
         return "\n".join([*lines, "", "receive only: no synthesis in this run (quiet period longer than the run)"])
     e2e = statistics.median(result.e2e_s)
