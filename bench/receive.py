@@ -126,7 +126,7 @@ def wait_for_reserve(node: RunningNode, timeout_s: float = 120.0) -> int:
     until it stops growing, so that what is timed is the node as it runs, not its first minute."""
     started = time.monotonic()
     last, steady = -1, 0
-    while time.monotonic() - started < timeout_s and (steady < 3 or (last == 0 and time.monotonic() - started < 10)):
+    while time.monotonic() - started < timeout_s and (steady < 6 or (last == 0 and time.monotonic() - started < 10)):
         now = reserve_bytes(node)
         steady = steady + 1 if now == last else 0
         last = now

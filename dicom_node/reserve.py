@@ -9,8 +9,9 @@ node keeps a reserve of such files in `<storage_dir>/reserve/`, up to `node.spoo
 * what it has finished with goes back into it instead of being deleted: the received instances of a
   series once retention or an operator removes them, and a derived series' files likewise
   (`Spool.remove_source`, `Spool.remove_derived`);
-* while the node is idle (no C-STORE for `IDLE_BEFORE_FILL_S`), `fill` tops it up with zero-filled
-  files of the size most instances had lately, each flushed to disk, at most `FILL_RATE_BYTES_S`, so
+* while the node is idle (no C-STORE for `IDLE_BEFORE_FILL_S`), `fill` (a timer, every 5 s, for at
+  most `FILL_SLICE_S`) tops it up with zero-filled files of the size most instances had lately, each
+  flushed to disk, at most `FILL_RATE_BYTES_S`, so
   a node that has just started receives at the same pace; it grows only while the disk's real use
   stays below `node.disk_watermark` and gives space back when it is above. The disk guard counts the
   reserve as free space: received instances overwrite it;
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 FOLDER = "reserve"
 DEFAULT_FILL_SIZE = 520 << 10            # a 512 x 512 16-bit CT image and its header
 IDLE_BEFORE_FILL_S = 1.0                 # no C-STORE for this long: the node is idle, fill may write
-FILL_PAUSE_S = 0.5                       # how long fill waits while the node is receiving
+FILL_SLICE_S = 4.0                       # one fill call writes at most this long (the timer runs every 5 s)
 FILL_RATE_BYTES_S = 64 << 20             # fill writes at most this fast: 512 MB take 8 s of an idle node
 NAME = re.compile(r"^(\d+)\.(\d+)$")
 RECENT_SIZES = 64
@@ -156,11 +157,13 @@ class SpoolReserve:
         with self._lock:
             return self._clock() - self._last_take >= IDLE_BEFORE_FILL_S
 
-    def fill(self, stop: threading.Event, room: Callable[[int], bool]) -> int:
+    def fill(self, stop: threading.Event, room: Callable[[int], bool], max_s: float = FILL_SLICE_S) -> int:
         """Top the reserve up with flushed zero-filled files while the node is idle and `room(n)` says n
-        more bytes fit below the disk watermark; give files back while it does not. Returns bytes written."""
+        more bytes fit below the disk watermark, for at most `max_s`; give files back while it does not.
+        Returns bytes written (the caller calls again later for the rest)."""
         written = 0
-        while not stop.is_set():
+        ends = self._clock() + max_s
+        while not stop.is_set() and self._clock() < ends:
             size = self.fill_size()
             if not room(0):
                 if not self._release_one():
@@ -169,8 +172,7 @@ class SpoolReserve:
             if self.bytes + size > self.capacity_bytes or not room(size):
                 return written
             if not self.idle():
-                stop.wait(FILL_PAUSE_S)
-                continue
+                return written                  # receiving: the next call looks again
             with self._lock:
                 name = self._new_name(size)
             path = self.folder / name

@@ -115,13 +115,21 @@ def test_fill_tops_up_while_idle_with_the_recent_size_and_stops_at_capacity(tmp_
     assert reserve.bytes == 7 * 4096 + 4 * 3000
 
 
-def test_fill_waits_while_receiving_and_ends_when_stopped(tmp_path: Path) -> None:
+def test_fill_writes_nothing_while_receiving_or_stopping_and_stops_after_its_slice(tmp_path: Path) -> None:
     clock = Clock()
     reserve = SpoolReserve(tmp_path / "reserve", 1 << 20, fill_size=100, clock=clock)
     reserve.take(100)                                  # a C-STORE just now: not idle
+    assert reserve.fill(threading.Event(), room=lambda n: True) == 0 and reserve.files == 0
+    clock.now += IDLE_BEFORE_FILL_S
     stop = threading.Event()
     stop.set()
     assert reserve.fill(stop, room=lambda n: True) == 0 and reserve.files == 0
+
+    def room(n: int) -> bool:                          # each file written takes 1 s of the clock
+        clock.now += 0.5
+        return True
+
+    assert reserve.fill(threading.Event(), room=room, max_s=2.0) == 200 and reserve.files == 2
 
 
 def test_fill_gives_space_back_above_the_watermark(tmp_path: Path) -> None:
