@@ -213,7 +213,7 @@ class Node:
             self._wake_synthesis()
 
     def _fill_reserve(self) -> None:
-        written = self.spool.reserve.fill(self._stopping, room=self.disk_guard.fits_on_disk)
+        written = self.spool.reserve.fill(self._stopping, room=self.disk_guard.reserve_may_grow)
         if written:
             logger.info("spool reserve topped up by %d MB to %d MB", written >> 20, self.spool.reserve.bytes >> 20)
 

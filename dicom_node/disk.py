@@ -67,11 +67,17 @@ class DiskGuard:
         below = int(self._watermark * usage.total) - usage.used + self._reserved()
         return Room(needed_bytes <= below, needed_bytes, below)
 
-    def fits_on_disk(self, needed_bytes: int) -> bool:
-        """Whether `needed_bytes` more keep the disk's real use (the reserve counted as used) at or below
-        the watermark: how far the reserve may grow."""
+    def reserve_may_grow(self, needed_bytes: int) -> bool:
+        """Whether the spool reserve may grow by `needed_bytes`: the disk's real use (the reserve counted
+        as used) stays at or below the watermark, and the reserve within half the room above it.
+
+        Stores and synthesis count the reserve as free, and a derived series is written into new files,
+        so the disk's real use may pass the watermark by the reserve until the reserve gives space back
+        (every 5 s); half the room above the watermark bounds that below a full disk."""
         usage = shutil.disk_usage(self._path)
-        return usage.used + needed_bytes <= int(self._watermark * usage.total)
+        headroom = int((1.0 - self._watermark) * usage.total)
+        return (usage.used + needed_bytes <= int(self._watermark * usage.total)
+                and self._reserved() + needed_bytes <= headroom // 2)
 
 
 def derived_bytes_estimate(files: list[Path], factor: int) -> int:

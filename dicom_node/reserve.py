@@ -13,8 +13,9 @@ node keeps a reserve of such files in `<storage_dir>/reserve/`, up to `node.spoo
   most `FILL_SLICE_S`) tops it up with zero-filled files of the size most instances had lately, each
   flushed to disk, at most `FILL_RATE_BYTES_S`, so
   a node that has just started receives at the same pace; it grows only while the disk's real use
-  stays below `node.disk_watermark` and gives space back when it is above. The disk guard counts the
-  reserve as free space: received instances overwrite it;
+  stays below `node.disk_watermark` and the reserve within half the room above it
+  (`DiskGuard.reserve_may_grow`), and gives space back otherwise. The disk guard counts the reserve as
+  free space: received instances overwrite it;
 * `take(size)` hands out the file of that exact size if there is one, else the smallest larger one,
   else the largest; `Spool.put` renames it to its temporary name and overwrites it (and shortens it if
   need be) before the usual fdatasync and rename. Nothing else changes: a crash between the rename and

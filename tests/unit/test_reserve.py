@@ -189,4 +189,8 @@ def test_the_disk_guard_counts_the_reserve_as_free_and_the_reserve_as_used_for_g
     guard = DiskGuard(tmp_path, 0.95, reserved=lambda: reserved["bytes"])
     assert guard() == STATUS_SUCCESS                                # 86 % once the reserve is counted free
     assert guard.room_for(90).fits and not guard.room_for(91).fits  # 950 - 960 + 100 = 90 bytes of room
-    assert not guard.fits_on_disk(0)                                # but the reserve may not grow: 96 % real
+    assert not guard.reserve_may_grow(0)                            # but the reserve may not grow: 96 % real
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage(1000, 900, 100))
+    reserved["bytes"] = 20                                          # 50 bytes above the watermark: half is 25
+    assert guard.reserve_may_grow(5) and not guard.reserve_may_grow(6)
+    assert not DiskGuard(tmp_path, 1.0, reserved=lambda: 0).reserve_may_grow(1)   # no room above: no reserve
