@@ -86,7 +86,8 @@ class SendStage:
     def _record(self, claim: SendClaim, report: SendReport, elapsed_s: float) -> None:
         outcome = self._ledger.record_send(claim, owner=self._owner, sent=report.sent, status=report.status,
                                            error=report.error, ok=report.ok, policy=self._backoff,
-                                           now=self._clock(), retry=report.retry)
+                                           now=self._clock(), retry=report.retry,
+                                           retry_after_s=report.retry_after_s)
         state = outcome.job_state
         if outcome.series_state is not None:
             self._notify(outcome.series_state, claim.series_uid)

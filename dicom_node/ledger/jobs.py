@@ -192,14 +192,17 @@ class Jobs(LedgerBase):
             return value
 
     def send_finished(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
-                      ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> JobState:
+                      ok: bool, policy: BackoffPolicy, now: float, retry: bool = True,
+                      retry_after_s: float = 0.0) -> JobState:
         """Record one attempt; a failure is retried with backoff until the attempts run out (or at once
-        kept as failed when `retry` is false: the destination said trying again cannot help)."""
+        kept as failed when `retry` is false: the destination said trying again cannot help). The next
+        try waits at least `retry_after_s` (what the destination asked for), at most the policy's maximum."""
         return self.record_send(claim, owner=owner, sent=sent, status=status, error=error, ok=ok, policy=policy,
-                                now=now, retry=retry).job_state
+                                now=now, retry=retry, retry_after_s=retry_after_s).job_state
 
     def record_send(self, claim: SendClaim, *, owner: str, sent: int, status: str, error: str,
-                    ok: bool, policy: BackoffPolicy, now: float, retry: bool = True) -> SendOutcome:
+                    ok: bool, policy: BackoffPolicy, now: float, retry: bool = True,
+                    retry_after_s: float = 0.0) -> SendOutcome:
         """`send_finished`, also saying whether this attempt finished the series (for notifications:
         exactly one attempt does, in the transaction that settles it)."""
         with self._tx() as s:
@@ -217,7 +220,7 @@ class Jobs(LedgerBase):
                 job.state = JobState.FAILED
             else:
                 job.state = JobState.PENDING
-                job.next_attempt_at = now + policy.delay_s(job.attempts)
+                job.next_attempt_at = now + max(policy.delay_s(job.attempts), min(retry_after_s, policy.max_s))
             state = JobState(job.state)
             series = s.get(SeriesRow, job.series_uid)
             assert series is not None

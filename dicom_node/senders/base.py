@@ -24,6 +24,7 @@ class SendReport:
     error: str             # human-readable detail of the last failure ("" when ok)
     failed_sop_uids: tuple[str, ...] = ()
     retry: bool = True     # False: trying again cannot help (refused credentials, a 4xx): kept as failed now
+    retry_after_s: float = 0.0   # the destination asked for at least this long before the next try
 
     @property
     def ok(self) -> bool:

@@ -3,7 +3,9 @@
 HTTP goes through httpx: bounded connect/read/write timeouts, a streamed response whose size and
 read time are capped here, TLS verified against the system CAs or `ca_file`, no proxy or netrc
 taken from the environment. Every response is judged (stow.judge): connection errors, 408, 429
-and 5xx are retried by the send stage with backoff; other 4xx are kept as failed at once. Tokens
+and 5xx are retried by the send stage with backoff (after a 429 or 503 nothing more is sent in that
+attempt, and the next waits at least the response's Retry-After, up to send.retry_max_s); other 4xx
+are kept as failed at once. Tokens
 and passwords are never logged or shown (describe() names only the auth kind).
 """
 
@@ -31,6 +33,7 @@ from dicom_node.senders.stow import (
     judge,
     multipart_body,
     parse_response,
+    retry_after_seconds,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ CHECK_TIMEOUT_S = 10.0
 class HttpAnswer:
     status: int
     body: bytes
+    retry_after: str = ""          # the Retry-After header, as sent
 
 
 class ResponseTooLargeError(httpx.HTTPError):
@@ -102,7 +106,7 @@ class DicomwebSender:
                     raise ResponseTooLargeError(limit)
                 if time.monotonic() > deadline:
                     raise ResponseTooSlowError(timeout_s)
-            return HttpAnswer(response.status_code, bytes(received))
+            return HttpAnswer(response.status_code, bytes(received), response.headers.get("Retry-After", ""))
 
     def _store(self, client: httpx.Client, files: Sequence[Path]) -> StowOutcome:
         sop_uids = [path.stem for path in files]         # derived files are named <SOPInstanceUID>.dcm
@@ -121,14 +125,14 @@ class DicomwebSender:
             except StowResponseError as exc:
                 logger.warning("%s: HTTP %d with a body that is not a Store Instances Response (%s)",
                                self.name, answer.status, exc)
-        return judge(answer.status, parsed, sop_uids)
+        return judge(answer.status, parsed, sop_uids, retry_after_seconds(answer.retry_after))
 
     def deliver(self, files: Sequence[Path], *, derived_series_uid: str) -> SendReport:
         size = self.dest.instances_per_request
         stored = 0
         failed: list[str] = []
         last: StowOutcome | None = None
-        retry = False
+        retry, wait_s = False, 0.0
         with self._client(self._timeout_s) as client:
             for start in range(0, len(files), size):
                 batch = files[start:start + size]
@@ -139,13 +143,15 @@ class DicomwebSender:
                 if outcome.failed:
                     failed.extend(outcome.failed)
                     last, retry = outcome, retry or outcome.retry
+                    wait_s = max(wait_s, outcome.retry_after_s)
                     logger.warning("%s: %s", self.name, outcome.error)
                 if outcome.stop:
                     failed.extend(path.stem for path in files[start + size:])
                     break
         if last is None:
             return SendReport(self.name, len(files), stored, "ok", "")
-        return SendReport(self.name, len(files), stored, last.status, last.error, tuple(failed), retry=retry)
+        return SendReport(self.name, len(files), stored, last.status, last.error, tuple(failed), retry=retry,
+                          retry_after_s=wait_s)
 
     def check(self) -> CheckResult:
         """An empty STOW-RS request (no instance in it): shows TLS, credentials and the URL, sends no data."""

@@ -4,7 +4,9 @@ The response is a DICOM JSON Store Instances Response: Failed SOP Sequence (0008
 Failure Reason (0008,1197) per instance, Referenced SOP Sequence (0008,1199) with an optional
 Warning Reason (0008,1196), Other Failures Sequence (0008,119A). HTTP 200 means all stored, 202
 some stored with warnings or failures, 409 none stored (a conflict). `judge` turns status and body
-into a per-request outcome; the sender adds them up.
+into a per-request outcome; the sender adds them up. A 429 or 503 says the server is busy: the sender
+sends nothing more this attempt, and waits at least its Retry-After (RFC 9110 §10.2.3, seconds or an
+HTTP date), up to the configured maximum backoff, before the next.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 MEDIA_TYPE = "application/dicom"
@@ -27,6 +31,7 @@ WARNING_REASON = "00081196"
 
 RETRY_STATUSES = frozenset({408, 429})                          # and every 5xx: the server may recover
 STOP_STATUSES = frozenset({401, 403, 404, 405, 406, 411, 413, 414, 415})  # the request itself is refused
+BUSY_STATUSES = frozenset({429, 503})                          # back off: send nothing more this attempt
 
 
 class StowResponseError(ValueError):
@@ -52,8 +57,25 @@ class StowOutcome:
     status: str            # "ok", or "http-409", "failure-0xA700", "unacknowledged", ...
     error: str             # "" when every instance was stored
     retry: bool            # a failure here may clear by itself (connection, 408, 429, 5xx, 202 failures)
-    stop: bool             # the request as such is refused (credentials, URL, size): do not send the rest
+    stop: bool             # the request as such is refused (credentials, URL, size) or the server is busy
     warnings: tuple[tuple[str, int], ...] = ()
+    retry_after_s: float = 0.0   # the server asked for at least this long before the next try (Retry-After)
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float:
+    """A Retry-After header as seconds from now: delay-seconds or an HTTP date; 0 when absent or unreadable."""
+    text = (value or "").strip()
+    if not text:
+        return 0.0
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def multipart_body(parts: Sequence[bytes]) -> tuple[bytes, str]:
@@ -124,8 +146,9 @@ def _reason_text(code: int | None) -> str:
     return "no reason given" if code is None else f"0x{code:04X}"
 
 
-def judge(http_status: int, body: StowResponse | None, sent: Sequence[str]) -> StowOutcome:
-    """One response: HTTP status plus the parsed body (None when there was none or it was not DICOM JSON)."""
+def judge(http_status: int, body: StowResponse | None, sent: Sequence[str], retry_after_s: float = 0.0) -> StowOutcome:
+    """One response: HTTP status plus the parsed body (None when there was none or it was not DICOM JSON),
+    and the seconds its Retry-After asked for."""
     sent_set = set(sent)
     failed_reasons = {uid: code for uid, code in (body.failed if body else ()) if uid in sent_set}
     referenced = None if body is None or body.referenced is None else set(body.referenced) & sent_set
@@ -138,7 +161,7 @@ def judge(http_status: int, body: StowResponse | None, sent: Sequence[str]) -> S
     if not failed:
         return StowOutcome(tuple(stored), (), "ok", "", retry=False, stop=False, warnings=warnings)
     retry = http_status in (200, 202) or http_status in RETRY_STATUSES or http_status >= 500
-    stop = http_status in STOP_STATUSES or 300 <= http_status < 400
+    stop = http_status in STOP_STATUSES or http_status in BUSY_STATUSES or 300 <= http_status < 400
     if http_status in (200, 202) and failed_reasons:
         first = next(iter(failed_reasons.values()))
         status = f"failure-{_reason_text(first)}"
@@ -153,7 +176,11 @@ def judge(http_status: int, body: StowResponse | None, sent: Sequence[str]) -> S
         error = f"HTTP {http_status} ({_meaning(http_status)}): {len(failed)} of {len(sent)} instance(s) not stored"
         if failed_reasons:
             error += f", Failure Reason {_reason_text(next(iter(failed_reasons.values())))}"
-    return StowOutcome(tuple(stored), tuple(failed), status, error, retry=retry, stop=stop, warnings=warnings)
+    wait_s = retry_after_s if retry else 0.0
+    if wait_s:
+        error += f"; it asked to wait {wait_s:.0f} s (Retry-After)"
+    return StowOutcome(tuple(stored), tuple(failed), status, error, retry=retry, stop=stop, warnings=warnings,
+                       retry_after_s=wait_s)
 
 
 def _meaning(http_status: int) -> str:

@@ -44,11 +44,12 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancWeb]:
 def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def make(url: str, *, max_attempts: int = 3, **dest: Any) -> Node:
+    def make(url: str, *, max_attempts: int = 3, retry_max_s: float = 0.2, **dest: Any) -> Node:
         raw = {
             "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}"), "spool_reserve_mb": 16},
             "series": {"quiet_period_s": 1.0},
-            "send": {"retry_initial_s": 0.1, "retry_max_s": 0.2, "max_attempts": max_attempts, "timeout_s": 5.0},
+            "send": {"retry_initial_s": 0.1, "retry_max_s": retry_max_s, "max_attempts": max_attempts,
+                     "timeout_s": 5.0},
             "dicomweb_destinations": [{"name": "web", "url": url, "instances_per_request": PER_REQUEST, **dest}],
         }
         node = Node(parse_config(raw))
@@ -172,6 +173,22 @@ def test_a_server_that_recovers_gets_everything(make_node: Callable[..., Node], 
         received = {str(ds.SOPInstanceUID) for ds in server.received}
     assert (send.state, send.attempts, send.sent) == ("done", 2, DERIVED)
     assert len(received) == DERIVED
+
+
+def test_a_busy_server_gets_nothing_more_until_its_retry_after(make_node: Callable[..., Node]) -> None:
+    """503 with Retry-After: 2 to the first request: the rest of that attempt is not sent, and the next
+    attempt comes no sooner than 2 s later although the backoff alone would be 0.1 s."""
+    def answer(number: int, uids: list[str]) -> Answer:
+        return (503, None) if number == 0 else (200, store_response(uids))
+
+    with running_stow_server(answer) as server:
+        server.retry_after = "2"
+        node = make_node(server.url, max_attempts=3, retry_max_s=5.0)
+        _, send = process(node)
+        times = list(server.times)
+    assert (send.state, send.attempts, send.sent) == ("done", 2, DERIVED)
+    assert len(times) == 1 + -(-DERIVED // PER_REQUEST)          # one refused request, then every batch once
+    assert times[1] - times[0] >= 2.0
 
 
 def test_a_response_missing_instances_is_not_success(make_node: Callable[..., Node]) -> None:

@@ -12,6 +12,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class StowServer:
     answer: Callable[[int, list[str]], Answer] = all_stored
     received: list[Dataset] = field(default_factory=list)
     requests: list[dict[str, str]] = field(default_factory=list)    # headers of each POST
+    times: list[float] = field(default_factory=list)                # time.monotonic() of each POST
+    retry_after: str = ""                                           # sent as Retry-After with every non-2xx
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
     scheme: str = "http"
@@ -67,6 +70,7 @@ class StowServer:
         with self.lock:
             number = len(self.requests)
             self.requests.append(headers)
+            self.times.append(time.monotonic())
         status, reply = self.answer(number, sop_uids)
         if 200 <= status < 300:
             stored = set(sop_uids) - {item["00081155"]["Value"][0]
@@ -101,6 +105,8 @@ def running_stow_server(answer: Callable[[int, list[str]], Answer] = all_stored,
             self.send_response(status)
             self.send_header("Content-Type", "application/dicom+json")
             self.send_header("Content-Length", str(len(data)))
+            if state.retry_after and not 200 <= status < 300:
+                self.send_header("Retry-After", state.retry_after)
             self.end_headers()
             self.wfile.write(data)
 

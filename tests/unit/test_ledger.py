@@ -130,6 +130,20 @@ def test_send_jobs_retry_with_backoff_then_fail(ledger: Ledger) -> None:
     assert ledger.claim_send("pacs", "s", now, 60) is not None
 
 
+def test_a_destinations_retry_after_delays_the_next_try_up_to_the_maximum_backoff(ledger: Ledger) -> None:
+    claim = complete_and_claim(ledger)
+    synthesized(ledger, claim, ["pacs"])
+    now = 200.0
+    for asked, waited in ((90.0, 90.0), (10.0, POLICY.delay_s(2)), (5000.0, POLICY.max_s)):
+        job = ledger.claim_send("pacs", "s", now, 60)
+        assert job is not None
+        state = ledger.send_finished(job, owner="s", sent=0, status="http-503", error="busy", ok=False,
+                                     policy=BackoffPolicy(30, 600, 10), now=now, retry_after_s=asked)
+        assert state is JobState.PENDING
+        assert ledger.claim_send("pacs", "s", now + waited - 1, 60) is None
+        now += waited
+
+
 def test_backoff_doubles_to_a_cap() -> None:
     policy = BackoffPolicy(30, 600, 10)
     assert [policy.delay_s(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 
 import pytest
 
-from dicom_node.senders.stow import StowResponse, StowResponseError, judge, multipart_body, parse_response
+from dicom_node.senders.stow import (
+    StowResponse,
+    StowResponseError,
+    judge,
+    multipart_body,
+    parse_response,
+    retry_after_seconds,
+)
 from tests.support.stow_server import store_response
 
 SENT = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
@@ -93,7 +101,7 @@ def test_400_with_a_body_counts_what_it_says_was_stored() -> None:
 @pytest.mark.parametrize(("status", "retry", "stop"), [
     (401, False, True), (403, False, True), (404, False, True), (413, False, True), (415, False, True),
     (301, False, True), (400, False, False), (422, False, False),
-    (408, True, False), (429, True, False), (500, True, False), (502, True, False), (503, True, False),
+    (408, True, False), (429, True, True), (500, True, False), (502, True, False), (503, True, True),
 ])
 def test_http_status_decides_retry(status: int, retry: bool, stop: bool) -> None:
     outcome = judge(status, None, SENT)
@@ -116,3 +124,21 @@ def test_a_202_without_a_body_does_not_say_what_was_stored() -> None:
     assert (outcome.stored, outcome.status, outcome.retry) == ((), "unacknowledged", True)
     assert outcome.error == ("HTTP 202: 3 of 3 instance(s) missing from the response's body "
                              "(no Store Instances Response)")
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0), ("", 0.0), (None, 0.0), ("soon", 0.0), ("-5", 0.0),
+    ("Wed, 02 Dec 2026 12:01:30 GMT", 90.0), ("Wed, 02 Dec 2026 11:00:00 GMT", 0.0),
+])
+def test_retry_after_is_read_as_seconds_or_an_http_date(header: str | None, seconds: float) -> None:
+    now = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds(header, now) == seconds
+
+
+def test_a_busy_server_stops_the_attempt_and_its_retry_after_is_kept() -> None:
+    outcome = judge(503, None, SENT, retry_after_s=30.0)
+    assert (outcome.retry, outcome.stop, outcome.retry_after_s) == (True, True, 30.0)
+    assert outcome.error.endswith("it asked to wait 30 s (Retry-After)")
+    refused = judge(400, None, SENT, retry_after_s=30.0)            # not retried: nothing to wait for
+    assert (refused.retry, refused.retry_after_s) == (False, 0.0)
+    assert "Retry-After" not in refused.error
