@@ -8,7 +8,8 @@ node keeps a reserve of such files in `<storage_dir>/reserve/`, up to `node.spoo
 
 * what it has finished with goes back into it instead of being deleted: the received instances of a
   series once retention or an operator removes them, and a derived series' files likewise
-  (`Spool.remove_source`, `Spool.remove_derived`);
+  (`Spool.remove_source`, `Spool.remove_derived`), each overwritten with zeros in place on the way in,
+  so no patient data stays in the reserve (and, unlike a deleted file's, its old blocks are overwritten);
 * while the node is idle (no C-STORE for `IDLE_BEFORE_FILL_S`), `fill` (a timer, every 5 s, for at
   most `FILL_SLICE_S`) tops it up with zero-filled files of the size most instances had lately, each
   flushed to disk, at most `FILL_RATE_BYTES_S`, so
@@ -131,7 +132,9 @@ class SpoolReserve:
             return self.folder / self._remove(pick)
 
     def give(self, path: Path) -> bool:
-        """Keep a finished file for reuse if there is room (it is moved); False: the caller deletes it."""
+        """Keep a finished file for reuse if there is room: moved here and overwritten with zeros in place
+        (what it held, patient data included, is gone from it, and its blocks stay allocated); False: the
+        caller deletes it."""
         if not self.enabled:
             return False
         try:
@@ -142,12 +145,21 @@ class SpoolReserve:
             if size == 0 or self._bytes + size > self.capacity_bytes:
                 return False
             name = self._new_name(size)
-            try:
-                os.replace(path, self.folder / name)
-            except OSError:
-                return False
+            self._bytes += size                          # held for it while it is zeroed
+        zeroing = self.folder / f".{name}"               # a stray if we stop half-way: removed at the next scan
+        try:
+            os.replace(path, zeroing)
+            _overwrite_with_zeros(zeroing, size)
+            os.replace(zeroing, self.folder / name)
+        except OSError:
+            zeroing.unlink(missing_ok=True)
+            with self._lock:
+                self._bytes -= size
+            return False
+        with self._lock:
+            self._bytes -= size
             self._add(size, name)
-            return True
+        return True
 
     def fill_size(self) -> int:
         """The size to fill with: the median of recent received instances, else the default."""
@@ -202,12 +214,25 @@ class SpoolReserve:
 ZEROS = bytes(1 << 20)
 
 
+def _write_zeros(fd: int, size: int) -> None:
+    left = size
+    while left:
+        left -= os.write(fd, memoryview(ZEROS)[:min(left, len(ZEROS))])
+
+
 def _write_blank(path: Path, size: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        left = size
-        while left:
-            left -= os.write(fd, memoryview(ZEROS)[:min(left, len(ZEROS))])
+        _write_zeros(fd, size)
         os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _overwrite_with_zeros(path: Path, size: int) -> None:
+    """Zeros over the whole file, in place (no truncation: its blocks stay); written back by the kernel."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        _write_zeros(fd, size)
     finally:
         os.close(fd)

@@ -68,6 +68,7 @@ def test_scan_drops_strays_torn_files_and_what_is_over_capacity(tmp_path: Path) 
     (folder / "100.1").write_bytes(bytes(100))
     (folder / "100.2").write_bytes(bytes(60))          # its name says 100 bytes: a torn fill
     (folder / "half-made").write_bytes(b"x")
+    (folder / ".100.9").write_bytes(b"patient data")   # given back, not yet zeroed when the node stopped
     (folder / "100.3").write_bytes(bytes(100))
     reserve = SpoolReserve(folder, 150)                # room for one of the two whole files
     assert reserve.files == 1 and reserve.bytes == 100
@@ -91,6 +92,16 @@ def test_finished_series_go_back_into_the_reserve_up_to_its_capacity(tmp_path: P
     spool.remove_derived("9.9")
     assert not (tmp_path / "derived" / "9.9").exists()
     assert spool.reserve.bytes == 210 and all(n.split(".")[0] in {"100", "10"} for n in names(tmp_path / "reserve"))
+
+
+def test_a_file_given_back_holds_only_zeros_in_the_same_blocks(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, reserve_bytes=1 << 20)
+    stored = spool.put("1.2", "1.2.3", "1.2.3.4", b"PATIENT^NAME" * 1000)
+    inode = stored.path.stat().st_ino
+    spool.remove_source("1.2.3")
+    [kept] = (tmp_path / "reserve").iterdir()
+    assert kept.stat().st_ino == inode and kept.read_bytes() == bytes(12_000)
+    assert kept.name == "12000." + kept.name.split(".")[1]
 
 
 def test_without_a_reserve_files_are_new_and_finished_ones_deleted(tmp_path: Path) -> None:
