@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from dicom_node.config import DEFAULT_CONFIG, NodeConfig, load_config, redact_url, to_dict
 from dicom_node.errors import ConfigError, StartupError
@@ -28,6 +29,9 @@ from dicom_node.ledger_check import check_ledger
 from dicom_node.logcontext import SeriesFilter
 from dicom_node.nodelock import LockBusyError, NodeLock, node_running
 from synth.seam import BackendLoadError
+
+if TYPE_CHECKING:
+    from dicom_node.ledger.schema import SelfCheckRecord
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 EXIT_CONFIG = 2
@@ -254,14 +258,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
-    print(f"{'series':<64} {'state':<12} {'inst':>5} {'out':>5}  reason / sends")
+    print(f"{'series':<64} {'state':<12} {'inst':>5} {'out':>5}  reason / sends; self-check")
     for r in rows:
         sends = ", ".join(f"{j.destination}={j.state}({j.attempts})" for j in r.sends)
         print(f"{r.series_uid:<64} {r.state:<12} {r.instance_count:>5} {r.derived_count:>5}  "
-              f"{r.reason or sends}")
+              f"{r.reason or sends}{_check_text(r.self_check)}")
     if total > len(rows):
         print(f"({len(rows)} of {total}; --limit shows more)")
     return 0
+
+
+def _check_text(check: SelfCheckRecord | None) -> str:
+    """`; <backend> <consistency> dB[, <lung bias> HU][, off-axis +<gain> dB]` of the volume that was written."""
+    if check is None:
+        return ""
+    parts = [f"{check.backend} {check.consistency_db:.1f} dB"]
+    if check.lung_bias_hu is not None:
+        parts.append(f"lung {check.lung_bias_hu:+.1f} HU")
+    if check.offaxis_psnr_db is not None and check.offaxis_bis_psnr_db is not None:
+        parts.append(f"off-axis {check.offaxis_psnr_db - check.offaxis_bis_psnr_db:+.1f} dB vs BIS")
+    return "; " + ", ".join(parts) + ("" if check.passed else f" (failed: {check.failure})")
 
 
 def _cmd_action(args: argparse.Namespace) -> int:

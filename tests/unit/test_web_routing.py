@@ -128,3 +128,14 @@ def test_metrics_and_list_count_no_rule(web: Web, capsys: pytest.CaptureFixture[
     assert main(["list", "--config", str(web.config), "--state", "no_rule", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["series_uid"] == web.unrouted and row["reason"] == "no_rule"
+
+
+def test_list_shows_the_self_check_of_what_was_written(web: Web, capsys: pytest.CaptureFixture[str]) -> None:
+    data = web.client.get(f"/api/series/{web.routed}").json()
+    used = next(c for c in data["checks"] if c["used"])
+    assert main(["list", "--config", str(web.config)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    lung = "" if used["lung_bias_hu"] is None else f", lung {used['lung_bias_hu']:+.1f} HU"
+    verdict = "" if used["passed"] else f" (failed: {used['failure']})"
+    assert lines[web.routed].endswith(f"; interpolation {used['consistency_db']:.1f} dB{lung}{verdict}")
+    assert "dB" not in lines[web.unrouted]                       # no_rule: nothing was made, nothing checked
