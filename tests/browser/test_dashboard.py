@@ -18,6 +18,7 @@ from dicom_node.app import Node
 from dicom_node.config import parse_config
 from tests.browser.conftest import CHROMIUM, TIMEOUT_MS
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view as ledger_view
 
@@ -41,7 +42,7 @@ def pacs() -> Iterator[CollectingSCP]:
 @pytest.fixture
 def node(tmp_path: Path, pacs: CollectingSCP) -> Iterator[Node]:
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
         "series": {"quiet_period_s": 0.5},
         "send": {"retry_initial_s": 0.2, "retry_max_s": 0.4, "max_attempts": 1, "timeout_s": 5.0},
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
@@ -116,7 +117,7 @@ def test_dashboard_previews_login_and_retry(browser: Browser, node: Node, pacs: 
 @pytest.fixture
 def strict_node(tmp_path: Path) -> Iterator[Node]:
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
         "web": {"enabled": True, "port": 0, "token": TOKEN, "auth_max_failures": 2, "auth_lockout_s": 300.0},
     }
     node = Node(parse_config(raw))

@@ -20,6 +20,7 @@ from dicom_node.config import parse_config
 from tests.browser.conftest import CHROMIUM, TIMEOUT_MS
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.orthanc_web import OrthancWeb, running_orthanc_web
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 
@@ -49,7 +50,7 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancWeb]:
 def derived_series_in_orthanc(tmp_path: Path, orthanc: OrthancWeb) -> str:
     """Run a series through the node into Orthanc (STOW-RS, JPEG 2000 lossless); the derived series UID."""
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
         "series": {"quiet_period_s": 1.0},
         "send": {"retry_initial_s": 0.1, "max_attempts": 2, "timeout_s": 10.0},
         "dicomweb_destinations": [{"name": "viewer-pacs", "url": orthanc.dicomweb_url,

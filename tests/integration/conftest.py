@@ -18,8 +18,7 @@ from dicom_node.app import Node
 from dicom_node.config import parse_config
 from dicom_node.netutil import VERIFICATION
 from synth.seam import Synthesizer
-
-TEST_RESERVE_MB = 16     # the spool reserve of a test node: used, and cheap to fill (tests/interop/peers.py)
+from tests.support import TEST_RESERVE_MB
 
 
 @dataclass

@@ -29,6 +29,8 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from tests.support import TEST_RESERVE_MB
+
 REPO = Path(__file__).resolve().parents[2]
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
@@ -37,9 +39,7 @@ DCMCJPLS = Path("/usr/bin/dcmcjpls")
 DCMCRLE = Path("/usr/bin/dcmcrle")
 DCMCJPEG = Path("/usr/bin/dcmcjpeg")
 DCIODVFY = Path("/usr/bin/dciodvfy")
-# A test node's spool reserve (dicom_node/reserve.py): big enough to be used, small enough that filling
-# it at every start costs a test nothing. The benchmarks pass the node's default instead.
-TEST_RESERVE = "spool_reserve_mb = 16"
+TEST_RESERVE = f"spool_reserve_mb = {TEST_RESERVE_MB}"     # the [node] line of a test node's reserve
 DCENTVFY = Path("/usr/bin/dcentvfy")
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_GDCM = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")

@@ -17,6 +17,7 @@ from tests.interop.peers import (
     DCMCJPEG,
     DCMCJPLS,
     DCMCRLE,
+    TEST_RESERVE,
     PeerError,
     RunningNode,
     StoreSCP,
@@ -246,7 +247,7 @@ def test_received_instances_overwrite_reserved_files_exactly(tmp_path: Path) -> 
     for n, length in enumerate((size + 4096, size + 200, size + 300, size * 2, size * 3, size * 4), start=1):
         (reserve / f"{length}.{n}").write_bytes(b"\xff" * length)
     inodes = {p.stat().st_ino for p in reserve.iterdir()}
-    node = start_node(tmp_path / "node", quiet_period_s=3600, node_settings=["spool_reserve_mb = 16"])
+    node = start_node(tmp_path / "node", quiet_period_s=3600, node_settings=[TEST_RESERVE])
     try:
         storescu(tmp_path / "src", node.port, node.ae_title)
         incoming = sorted((node.storage_dir / "incoming" / str(source[0].SeriesInstanceUID)).glob("*.dcm"))

@@ -24,6 +24,7 @@ from dicom_node.ledger.queries import SendView
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.orthanc_web import PASSWORD, USER, OrthancWeb, running_orthanc_web
 from tests.interop.peers import free_port
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 from tests.support.stow_server import Answer, StowServer, running_stow_server, store_response
@@ -46,7 +47,7 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def make(url: str, *, max_attempts: int = 3, retry_max_s: float = 0.2, **dest: Any) -> Node:
         raw = {
-            "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}"), "spool_reserve_mb": 16},
+            "node": {"port": 0, "storage_dir": str(tmp_path / f"var{len(nodes)}"), "spool_reserve_mb": TEST_RESERVE_MB},
             "series": {"quiet_period_s": 1.0},
             "send": {"retry_initial_s": 0.1, "retry_max_s": retry_max_s, "max_attempts": max_attempts,
                      "timeout_s": 5.0},
@@ -210,7 +211,7 @@ def test_the_dashboard_checks_a_dicomweb_destination(tmp_path: Path) -> None:
     from tests.unit.test_web_actions import csrf_of
 
     with running_stow_server() as server:
-        raw = {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+        raw = {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
                "web": {"enabled": False, "token": "dash-token"},
                "dicomweb_destinations": [{"name": "web", "url": server.url, "token": "stow-token"}]}
         client = TestClient(build_app(Node(parse_config(raw)).operations))

@@ -18,6 +18,7 @@ from dicom_node.ledger import queries
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.orthanc_deploy import DEPLOY, orthanc_request, running_deploy_orthanc
 from tests.interop.peers import ORTHANC, free_port, require
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 
@@ -31,7 +32,7 @@ def test_orthanc_forwards_all_ct_and_the_node_rules_decide(tmp_path: Path) -> No
     (tmp_path / "autoroute.lua").write_text(lua.replace("local NODE_DECIDES = false", "local NODE_DECIDES = true"))
     dicom_port, http_port = free_port(), free_port()
     raw = tomllib.loads((DEPLOY / "node.compose.toml").read_text(encoding="utf-8"))
-    raw["node"].update(host="127.0.0.1", port=0, storage_dir=str(tmp_path / "node"), spool_reserve_mb=16)
+    raw["node"].update(host="127.0.0.1", port=0, storage_dir=str(tmp_path / "node"), spool_reserve_mb=TEST_RESERVE_MB)
     raw["series"]["quiet_period_s"] = 1.0
     raw["web"].update(enabled=False)
     raw["destinations"][0].update(host="127.0.0.1", port=dicom_port)

@@ -16,6 +16,7 @@ from dicom_node.ledger import SeriesState
 from dicom_node.thincheck import find_thin_series
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.peers import NODE_AE, Orthanc, OrthancFactory, free_port
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 from tests.support.webhook_receiver import HookReceiver
@@ -81,7 +82,8 @@ def hooks() -> Iterator[HookReceiver]:
 @pytest.fixture
 def node(tmp_path: Path, pacs: Orthanc, hooks: HookReceiver) -> Iterator[Node]:
     cfg = parse_config({
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "ae_title": NODE_AE, "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "ae_title": NODE_AE,
+                 "spool_reserve_mb": TEST_RESERVE_MB},
         "series": {"quiet_period_s": 1.0, "skip_if_thin": {"destination": "pacs", "max_thickness_mm": 1.5}},
         "destinations": [{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}],
         "folder_destinations": [{"name": "outbox", "path": str(tmp_path / "outbox")}],

@@ -24,6 +24,7 @@ from dicom_node.encoding import SYNTAX_UIDS
 from tests.integration.conftest import send_series, wait_until
 from tests.interop.orthanc_web import OrthancWeb, running_orthanc_web
 from tests.interop.peers import StoreSCP, start_storescp, stop_process, wait_until_stable
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view
 
@@ -67,7 +68,7 @@ def test_each_destination_gets_its_syntax_losslessly(tmp_path: Path, syntax: str
     dicom = [{"name": scp.ae_title.lower(), "ae_title": scp.ae_title, "host": "127.0.0.1", "port": scp.port,
               "transfer_syntax": syntax} for scp in (every, plain)]
     raw = {
-        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
         "series": {"quiet_period_s": 1.0},
         "send": {"retry_initial_s": 0.1, "max_attempts": 2, "timeout_s": 10.0},
         "destinations": dicom,

@@ -37,6 +37,7 @@ from dicom_node.web.limits import ParamError, int_param
 from dicom_node.web.openapi import PATHS, SCHEMAS
 from dicom_node.web.preview import TARGET_WIDTH_PX
 from tests.integration.conftest import CollectingSCP, send_series, wait_until
+from tests.support import TEST_RESERVE_MB
 from tests.support.ct_series import make_ct_series
 from tests.support.ledger import view as ledger_view
 
@@ -98,7 +99,7 @@ class _Collect(logging.Handler):
 
 def node_config(tmp: Path, *, destinations: list[dict[str, Any]] | None = None, **web: Any) -> dict[str, Any]:
     return {
-        "node": {"port": 0, "storage_dir": str(tmp / "var"), "spool_reserve_mb": 16},
+        "node": {"port": 0, "storage_dir": str(tmp / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
         "series": {"quiet_period_s": 0.5},
         "send": {"retry_initial_s": 0.2, "retry_max_s": 0.4, "max_attempts": 1, "timeout_s": 5.0},
         "destinations": destinations or [],

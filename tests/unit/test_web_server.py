@@ -13,10 +13,11 @@ import pytest
 from dicom_node.app import Node
 from dicom_node.config import parse_config
 from dicom_node.web.server import WebServer
+from tests.support import TEST_RESERVE_MB
 
 
 def config(tmp_path: Path, port: int = 0) -> dict[str, object]:
-    return {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": 16},
+    return {"node": {"port": 0, "storage_dir": str(tmp_path / "var"), "spool_reserve_mb": TEST_RESERVE_MB},
             "web": {"enabled": True, "port": port, "token": "t0ken"}}
 
 
